@@ -1,0 +1,98 @@
+"""The server's configuration: one typed object, filled from flags and environment in one place."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """Where the embedded PostgreSQL keeps its data unless told otherwise.
+
+    `$XDG_DATA_HOME/daily-aggregator/postgres`, which is
+    `~/.local/share/daily-aggregator/postgres` when XDG_DATA_HOME is unset.
+    """
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "daily-aggregator" / "postgres"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `daily-aggregator serve` can be told."""
+
+    listen: str = DEFAULT_LISTEN
+    """HOST:PORT the gRPC server binds; port 0 picks a free port."""
+
+    database_url: str | None = None
+    """PostgreSQL URL. None starts the embedded PostgreSQL in `data_dir`."""
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    """Data directory of the embedded PostgreSQL (unused with `database_url`)."""
+
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """Largest stream message accepted; a larger one fails with RESOURCE_EXHAUSTED."""
+
+    grace_seconds: float = 30.0
+    """On SIGTERM/SIGINT, how long in-flight RPCs may run before they are cancelled."""
+
+    pool_min_size: int = 2
+    """Connections the pool keeps open."""
+
+    pool_max_size: int = 10
+    """Most connections the pool opens; also the most batches committing at once."""
+
+    @classmethod
+    def from_args(
+        cls, argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ
+    ) -> Settings:
+        """Build settings from `serve` flags, falling back to environment variables."""
+        parser = argparse.ArgumentParser(
+            prog="daily-aggregator serve", description="Run the Daily Aggregator gRPC service."
+        )
+        parser.add_argument(
+            "--listen",
+            default=env.get("DAILY_AGGREGATOR_LISTEN", DEFAULT_LISTEN),
+            help=f"HOST:PORT to serve gRPC on (env DAILY_AGGREGATOR_LISTEN; default {DEFAULT_LISTEN})",
+        )
+        parser.add_argument(
+            "--database-url",
+            default=env.get("DATABASE_URL") or None,
+            help="PostgreSQL URL (env DATABASE_URL); without it an embedded PostgreSQL is started",
+        )
+        parser.add_argument(
+            "--data-dir",
+            type=Path,
+            default=Path(env["DAILY_AGGREGATOR_DATA_DIR"])
+            if env.get("DAILY_AGGREGATOR_DATA_DIR")
+            else default_data_dir(env),
+            help="data directory of the embedded PostgreSQL (env DAILY_AGGREGATOR_DATA_DIR; "
+            "default $XDG_DATA_HOME/daily-aggregator/postgres)",
+        )
+        parser.add_argument(
+            "--max-message-bytes",
+            type=int,
+            default=int(env.get("DAILY_AGGREGATOR_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES)),
+            help="largest RecordEvents stream message accepted, in bytes (default 4 MiB)",
+        )
+        parser.add_argument(
+            "--grace-seconds",
+            type=float,
+            default=float(env.get("DAILY_AGGREGATOR_GRACE_SECONDS", 30.0)),
+            help="on SIGTERM/SIGINT, how long in-flight RPCs may finish (default 30)",
+        )
+        args = parser.parse_args(argv)
+        if args.max_message_bytes < 1024:
+            parser.error("--max-message-bytes must be at least 1024")
+        return cls(
+            listen=args.listen,
+            database_url=args.database_url,
+            data_dir=args.data_dir.expanduser(),
+            max_message_bytes=args.max_message_bytes,
+            grace_seconds=args.grace_seconds,
+        )
