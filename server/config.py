@@ -15,11 +15,11 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
     """Where the embedded PostgreSQL keeps its data unless told otherwise.
 
-    `$XDG_DATA_HOME/daily-aggregator/postgres`, which is
-    `~/.local/share/daily-aggregator/postgres` when XDG_DATA_HOME is unset.
+    `$XDG_DATA_HOME/daily-aggregator`, which is `~/.local/share/daily-aggregator`
+    when XDG_DATA_HOME is unset.
     """
     base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "daily-aggregator" / "postgres"
+    return Path(base) / "daily-aggregator"
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class Settings:
             if env.get("DAILY_AGGREGATOR_DATA_DIR")
             else default_data_dir(env),
             help="data directory of the embedded PostgreSQL (env DAILY_AGGREGATOR_DATA_DIR; "
-            "default $XDG_DATA_HOME/daily-aggregator/postgres)",
+            "default $XDG_DATA_HOME/daily-aggregator)",
         )
         parser.add_argument(
             "--max-message-bytes",
