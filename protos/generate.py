@@ -72,7 +72,9 @@ def main() -> None:
             generate(Path(tmp))
             stale = differences(Path(tmp), GENERATED)
         if stale:
-            print("generated/ is stale; run `uv run python protos/generate.py`:", *stale, sep="\n  ")
+            print(
+                "generated/ is stale; run `uv run python protos/generate.py`:", *stale, sep="\n  "
+            )
             sys.exit(1)
         print("generated/ is up to date")
         return

@@ -58,7 +58,8 @@ class Settings:
         parser.add_argument(
             "--listen",
             default=env.get("DAILY_AGGREGATOR_LISTEN", DEFAULT_LISTEN),
-            help=f"HOST:PORT to serve gRPC on (env DAILY_AGGREGATOR_LISTEN; default {DEFAULT_LISTEN})",
+            help="HOST:PORT to serve gRPC on; port 0 picks a free one "
+            f"(env DAILY_AGGREGATOR_LISTEN; default {DEFAULT_LISTEN})",
         )
         parser.add_argument(
             "--database-url",

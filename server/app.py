@@ -1,0 +1,100 @@
+"""Building, running and stopping the gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import grpc
+from daily_aggregator.server.config import Settings
+from daily_aggregator.server.database import create_pool, migrate, wait_for_database
+from daily_aggregator.server.embedded import EmbeddedPostgres
+from daily_aggregator.server.service import AggregatorService
+from daily_aggregator.v1 import aggregator_pb2, aggregator_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = aggregator_pb2.DESCRIPTOR.services_by_name["AggregatorService"].full_name
+
+
+@dataclass
+class RunningServer:
+    """A started gRPC server, the port it is bound to, and its health service."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.HealthServicer
+
+    async def stop(self, grace: float | None) -> None:
+        """Report NOT_SERVING, stop accepting RPCs, and let in-flight ones finish within `grace`."""
+        self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
+    """Start AggregatorService with health checking and reflection on `settings.listen`.
+
+    Bind port 0 to get a free port; the bound port is returned.
+    """
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    aggregator_pb2_grpc.add_AggregatorServiceServicer_to_server(AggregatorService(pool), server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.listen}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, health_servicer)
+
+
+@contextlib.asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """A migrated pool on `settings.database_url`, or on an embedded PostgreSQL when it is None."""
+    async with contextlib.AsyncExitStack() as stack:
+        dsn = settings.database_url
+        if dsn is None:
+            embedded = await stack.enter_async_context(EmbeddedPostgres(settings.data_dir))
+            dsn = embedded.dsn
+            log.info("embedded PostgreSQL running in %s", settings.data_dir)
+        await wait_for_database(dsn)
+        pool = await create_pool(
+            dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size
+        )
+        stack.push_async_callback(pool.close)
+        async with pool.acquire() as conn:
+            applied = await migrate(conn)
+        if applied:
+            log.info("applied migrations %s", applied)
+        yield pool
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    async with database(settings) as pool:
+        running = await start_server(pool, settings)
+        log.info("serving %s on port %d", SERVICE_NAME, running.port)
+        await stopping.wait()
+        log.info("shutting down; in-flight RPCs have %.0f s to finish", settings.grace_seconds)
+        await running.stop(settings.grace_seconds)
+    log.info("stopped")

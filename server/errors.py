@@ -1,0 +1,95 @@
+"""The one place where failures become gRPC status codes.
+
+    InvalidArgument          -> INVALID_ARGUMENT, with google.rpc.BadRequest naming the field
+    database unreachable,
+    shutting down, deadlock  -> UNAVAILABLE (safe to retry)
+    anything else            -> INTERNAL (logged with its traceback)
+
+Handlers raise; `grpc_errors` wraps each handler and answers with the status.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import grpc
+from daily_aggregator.server.database import UNAVAILABLE_ERRORS
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One invalid field of a request: its name (dotted path) and why."""
+
+    field: str
+    description: str
+
+
+class InvalidArgument(Exception):
+    """A request field is invalid; answered with INVALID_ARGUMENT naming the field."""
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}")
+        self.violations = [FieldViolation(field, description)]
+
+
+def invalid_argument_status(violations: list[FieldViolation]) -> grpc.Status:
+    """A rich INVALID_ARGUMENT status carrying google.rpc.BadRequest."""
+    detail = any_pb2.Any()
+    detail.Pack(
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in violations
+            ]
+        )
+    )
+    message = "; ".join(f"{v.field}: {v.description}" for v in violations)
+    return rpc_status.to_status(
+        status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=[detail])
+    )
+
+
+def grpc_errors(
+    handler: Callable[Concatenate[S, P], Awaitable[R]],
+) -> Callable[Concatenate[S, P], Awaitable[R]]:
+    """Wrap a grpc.aio handler so that every failure leaves with the right status.
+
+    The handler's last positional argument must be its `grpc.aio.ServicerContext`.
+    """
+
+    @functools.wraps(handler)
+    async def wrapper(self: S, *args: P.args, **kwargs: P.kwargs) -> R:
+        context: Any = args[-1]
+        try:
+            return await handler(self, *args, **kwargs)
+        except InvalidArgument as exc:
+            await context.abort_with_status(invalid_argument_status(exc.violations))
+        except UNAVAILABLE_ERRORS as exc:
+            log.warning("%s: database unavailable: %r", handler.__name__, exc)
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"database unavailable, retry later ({type(exc).__name__}: {exc})",
+            )
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("%s failed", handler.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        raise AssertionError("unreachable: abort raises")
+
+    return wrapper

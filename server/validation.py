@@ -1,0 +1,119 @@
+"""Validation of incoming events, producing the column arrays one batch insert takes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from daily_aggregator.v1 import aggregator_pb2
+
+MAX_WORD_COUNT = 1_000_000
+MAX_STUDY_SECONDS = 86_400
+# 2000-01-01T00:00:00Z: anything earlier is a client bug, not a learner.
+MIN_OCCURRED_AT_US = 946_684_800 * 1_000_000
+MAX_FUTURE_US = 24 * 3600 * 1_000_000
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_COUNTRY = re.compile(r"[A-Z]{2}")
+UUID_REASON = "must be a UUID such as 123e4567-e89b-12d3-a456-426614174000"
+COUNTRY_REASON = "must be empty or an ISO 3166-1 alpha-2 code of two upper-case letters A-Z"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why the event at stream position `index` was not stored."""
+
+    index: int
+    idempotency_key: str
+    field: str
+    reason: str
+
+
+@dataclass
+class ValidEvents:
+    """Valid events of one batch, as parallel columns in stream order."""
+
+    user_ids: list[str] = field(default_factory=list)
+    idempotency_keys: list[str] = field(default_factory=list)
+    occurred_us: list[int] = field(default_factory=list)
+    """occurred_at in microseconds since the Unix epoch."""
+    word_counts: list[int] = field(default_factory=list)
+    study_seconds: list[int] = field(default_factory=list)
+    countries: list[str] = field(default_factory=list)
+    occurred_given: list[bool] = field(default_factory=list)
+    """False where the server's receive time stood in for a missing occurred_at."""
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def columns(self) -> tuple[list[str], list[str], list[int], list[int], list[int], list[str]]:
+        """The columns insert_events.sql takes, in its parameter order."""
+        return (
+            self.user_ids,
+            self.idempotency_keys,
+            self.occurred_us,
+            self.word_counts,
+            self.study_seconds,
+            self.countries,
+        )
+
+    def subset(self, positions: Sequence[int]) -> ValidEvents:
+        """The events at these 0-based positions of this batch."""
+        return ValidEvents(
+            *([column[p] for p in positions] for column in (*self.columns(), self.occurred_given))
+        )
+
+
+def _problem(event: aggregator_pb2.Event, now_us: int) -> tuple[str, str] | None:
+    """The first invalid field of `event` and why, or None when it is valid."""
+    if not _UUID.fullmatch(event.user_id):
+        return "user_id", UUID_REASON
+    if not _UUID.fullmatch(event.idempotency_key):
+        return "idempotency_key", UUID_REASON
+    if event.HasField("occurred_at"):
+        ts = event.occurred_at
+        if not 0 <= ts.nanos < 1_000_000_000:
+            return "occurred_at", "nanos must be between 0 and 999999999"
+        us = ts.seconds * 1_000_000 + ts.nanos // 1000
+        if us < MIN_OCCURRED_AT_US:
+            return "occurred_at", "must not be before 2000-01-01T00:00:00Z"
+        if us > now_us + MAX_FUTURE_US:
+            return "occurred_at", "must not be more than 24 hours in the future"
+    if event.word_count > MAX_WORD_COUNT:
+        return "word_count", f"must be at most {MAX_WORD_COUNT}"
+    if event.study_seconds > MAX_STUDY_SECONDS:
+        return "study_seconds", f"must be at most {MAX_STUDY_SECONDS}"
+    if event.country and not _COUNTRY.fullmatch(event.country):
+        return "country", COUNTRY_REASON
+    return None
+
+
+def validate(
+    events: Sequence[aggregator_pb2.Event], first_index: int, now_us: int
+) -> tuple[ValidEvents, list[Rejection]]:
+    """Split a batch into valid events and rejections.
+
+    `first_index` is the stream position of the batch's first event; `now_us`
+    is the receive time, used for a missing occurred_at and the future limit.
+    """
+    valid = ValidEvents()
+    rejections: list[Rejection] = []
+    for offset, event in enumerate(events):
+        problem = _problem(event, now_us)
+        if problem is not None:
+            rejections.append(Rejection(first_index + offset, event.idempotency_key, *problem))
+            continue
+        given = event.HasField("occurred_at")
+        valid.user_ids.append(event.user_id)
+        valid.idempotency_keys.append(event.idempotency_key)
+        valid.occurred_us.append(
+            event.occurred_at.seconds * 1_000_000 + event.occurred_at.nanos // 1000
+            if given
+            else now_us
+        )
+        valid.word_counts.append(event.word_count)
+        valid.study_seconds.append(event.study_seconds)
+        valid.countries.append(event.country)
+        valid.occurred_given.append(given)
+    return valid, rejections
