@@ -1,0 +1,65 @@
+"""Shared pieces of the benchmarks: a PostgreSQL to measure on and the service as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg
+from daily_aggregator.server.database import migrate, with_database
+
+SERVING = re.compile(rb"serving \S+ on port (\d+)")
+
+
+async def fresh_database(server_dsn: str, name: str) -> str:
+    """Create (or recreate) a migrated database `name` and return its DSN."""
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    dsn = with_database(server_dsn, name)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return dsn
+
+
+@asynccontextmanager
+async def service_process(database_url: str) -> AsyncIterator[str]:
+    """Run `daily-aggregator serve` on a free port and yield its target."""
+    command = str(Path(sys.executable).parent / "daily-aggregator")
+    process = await asyncio.create_subprocess_exec(
+        command,
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        database_url,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    log = b""
+    try:
+        while not (match := SERVING.search(log)):
+            line = await process.stderr.readline()
+            if not line:
+                raise RuntimeError(f"the service did not start:\n{log.decode()}")
+            log += line
+        drain = asyncio.create_task(process.stderr.read())
+        yield f"127.0.0.1:{int(match[1])}"
+        process.send_signal(signal.SIGTERM)
+        await process.wait()
+        await drain
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

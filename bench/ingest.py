@@ -1,0 +1,144 @@
+"""Ingest throughput: the service against raw PostgreSQL, measured in the same run.
+
+    uv run python -m bench.ingest [--events 1000000] [--streams 4] [--batch 2000]
+
+Starts an embedded PostgreSQL (or uses --database-url), then:
+1. raw: the same rows inserted straight into the same schema with asyncpg, one
+   `INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING` per batch over
+   `--streams` connections: the database's own limit for this workload;
+2. service: `daily-aggregator serve` as a separate process, fed by `--streams`
+   concurrent RecordEvents streams of `--batch` events per message.
+Prints both rates and service/raw. Target: at least 0.6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import grpc
+from daily_aggregator.server.embedded import EmbeddedPostgres
+from daily_aggregator.v1 import aggregator_pb2 as pb
+from daily_aggregator.v1 import aggregator_pb2_grpc
+
+from bench.common import fresh_database, service_process
+
+RAW_INSERT = """
+INSERT INTO events (user_id, idempotency_key, occurred_at, word_count, study_seconds, country)
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::integer[], $5::integer[],
+                     $6::text[])
+ON CONFLICT DO NOTHING
+"""
+COUNTRIES = ["JP", "US", "DE", "FR", "BR", "IN", ""]
+
+
+def make_batches(events: int, batch: int, users: int) -> list[list[pb.Event]]:
+    """Realistic-looking events: many users, times over a year, a few countries."""
+    rng = random.Random(42)
+    user_ids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(users)]
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    batches = []
+    for first in range(0, events, batch):
+        messages = []
+        for _ in range(min(batch, events - first)):
+            e = pb.Event(
+                user_id=rng.choice(user_ids),
+                idempotency_key=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                word_count=rng.randint(1, 200),
+                study_seconds=rng.randint(10, 1800),
+                country=rng.choice(COUNTRIES),
+            )
+            e.occurred_at.FromDatetime(start + timedelta(seconds=rng.randrange(365 * 86400)))
+            messages.append(e)
+        batches.append(messages)
+    return batches
+
+
+def as_columns(batch: list[pb.Event]) -> tuple[list[object], ...]:
+    return (
+        [e.user_id for e in batch],
+        [e.idempotency_key for e in batch],
+        [e.occurred_at.ToDatetime(tzinfo=UTC) for e in batch],
+        [e.word_count for e in batch],
+        [e.study_seconds for e in batch],
+        [e.country for e in batch],
+    )
+
+
+async def raw(dsn: str, batches: list[list[pb.Event]], streams: int) -> float:
+    """Seconds to insert every batch straight into PostgreSQL over `streams` connections."""
+    columns = [as_columns(b) for b in batches]
+    connections = [await asyncpg.connect(dsn) for _ in range(streams)]
+
+    async def feed(conn: asyncpg.Connection, share: list[tuple[list[object], ...]]) -> None:
+        for cols in share:
+            await conn.execute(RAW_INSERT, *cols)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(feed(c, columns[i::streams]) for i, c in enumerate(connections)))
+    elapsed = time.perf_counter() - began
+    for c in connections:
+        await c.close()
+    return elapsed
+
+
+async def service(target: str, batches: list[list[pb.Event]], streams: int) -> float:
+    """Seconds to stream every batch through the service over `streams` concurrent streams."""
+    requests = [pb.RecordEventsRequest(events=b) for b in batches]
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = aggregator_pb2_grpc.AggregatorServiceStub(channel)
+        began = time.perf_counter()
+        responses = await asyncio.gather(
+            *(stub.RecordEvents(iter(requests[i::streams])) for i in range(streams))
+        )
+        elapsed = time.perf_counter() - began
+    inserted = sum(r.inserted for r in responses)
+    if inserted != sum(len(b) for b in batches):
+        raise RuntimeError(f"service inserted {inserted}, expected every event")
+    return elapsed
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--streams", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=2000, help="events per stream message")
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--database-url", help="measure on this server instead of an embedded one")
+    args = parser.parse_args()
+
+    print(f"generating {args.events:,} events in batches of {args.batch:,} ...", flush=True)
+    batches = make_batches(args.events, args.batch, args.users)
+    with tempfile.TemporaryDirectory(prefix="da-bench-") as tmp:
+        embedded = None
+        server_dsn = args.database_url
+        if server_dsn is None:
+            embedded = EmbeddedPostgres(Path(tmp))
+            server_dsn = await embedded.start()
+        try:
+            # The service goes first so the raw baseline gets the warmed-up server.
+            service_dsn = await fresh_database(server_dsn, "bench_service")
+            async with service_process(service_dsn) as target:
+                service_seconds = await service(target, batches, args.streams)
+            raw_dsn = await fresh_database(server_dsn, "bench_raw")
+            raw_seconds = await raw(raw_dsn, batches, args.streams)
+        finally:
+            if embedded is not None:
+                await embedded.stop()
+
+    raw_rate = args.events / raw_seconds
+    service_rate = args.events / service_seconds
+    print(f"raw PostgreSQL : {raw_rate:>10,.0f} events/s  ({raw_seconds:.1f} s)")
+    print(f"service        : {service_rate:>10,.0f} events/s  ({service_seconds:.1f} s)")
+    print(f"service / raw  : {service_rate / raw_rate:.2f}   (target >= 0.60)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

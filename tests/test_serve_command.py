@@ -1,0 +1,136 @@
+"""`daily-aggregator serve` as a user runs it: a real process, signals and all."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from daily_aggregator.v1 import aggregator_pb2 as pb
+from daily_aggregator.v1 import aggregator_pb2_grpc
+
+from tests.support import event, record
+
+COMMAND = str(Path(sys.executable).parent / "daily-aggregator")
+SERVING = re.compile(rb"serving \S+ on port (\d+)")
+
+
+@dataclass
+class Service:
+    process: asyncio.subprocess.Process
+    port: int
+    log: bytearray
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+async def _drain(stream: asyncio.StreamReader, log: bytearray) -> None:
+    while line := await stream.readline():
+        log.extend(line)
+
+
+@asynccontextmanager
+async def serve(*args: str) -> AsyncIterator[Service]:
+    """Run `daily-aggregator serve ARGS` on a free port until the block ends."""
+    process = await asyncio.create_subprocess_exec(
+        COMMAND, "serve", "--listen", "127.0.0.1:0", *args, stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stderr is not None
+    log = bytearray()
+    drain: asyncio.Task[None] | None = None
+    try:
+        async with asyncio.timeout(120):
+            while not (match := SERVING.search(log)):
+                line = await process.stderr.readline()
+                assert line, f"serve exited before serving:\n{log.decode()}"
+                log.extend(line)
+        drain = asyncio.create_task(_drain(process.stderr, log))
+        yield Service(process, int(match[1]), log)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        if drain is not None:
+            await drain
+
+
+def postmaster_pid(data_dir: Path) -> int:
+    return int((data_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return (
+        Path(f"/proc/{pid}").exists()
+        and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    )
+
+
+async def test_sigterm_lets_a_stream_in_flight_finish_then_exits_zero(database_url: str) -> None:
+    async with serve("--database-url", database_url, "--grace-seconds", "20") as service:
+        async with grpc.aio.insecure_channel(service.target) as channel:
+            call = aggregator_pb2_grpc.AggregatorServiceStub(channel).RecordEvents()
+            await call.write(pb.RecordEventsRequest(events=[event() for _ in range(10)]))
+            service.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            await call.write(pb.RecordEventsRequest(events=[event() for _ in range(10)]))
+            await call.done_writing()
+            response = await call
+        assert (response.received, response.inserted) == (20, 20)
+        assert await asyncio.wait_for(service.process.wait(), 30) == 0
+
+
+async def test_embedded_database_keeps_data_across_restarts_and_stops_with_the_service(
+    tmp_path: Path,
+) -> None:
+    batches = [[event() for _ in range(50)] for _ in range(2)]
+    async with serve("--data-dir", str(tmp_path)) as service:
+        async with grpc.aio.insecure_channel(service.target) as channel:
+            first = await record(aggregator_pb2_grpc.AggregatorServiceStub(channel), batches)
+        pid = postmaster_pid(tmp_path)
+        service.process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(service.process.wait(), 60) == 0
+    assert first.inserted == 100
+    assert not alive(pid), "the embedded PostgreSQL outlived the service"
+
+    async with serve("--data-dir", str(tmp_path)) as service:
+        async with grpc.aio.insecure_channel(service.target) as channel:
+            again = await record(aggregator_pb2_grpc.AggregatorServiceStub(channel), batches)
+        service.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(service.process.wait(), 60) == 0
+    assert (again.inserted, again.duplicates) == (0, 100)
+
+
+async def test_after_kill_9_no_database_is_left_behind_and_the_next_start_recovers(
+    tmp_path: Path,
+) -> None:
+    batches = [[event() for _ in range(50)] for _ in range(2)]
+    async with serve("--data-dir", str(tmp_path)) as service:
+        async with grpc.aio.insecure_channel(service.target) as channel:
+            first = await record(aggregator_pb2_grpc.AggregatorServiceStub(channel), batches)
+        pid = postmaster_pid(tmp_path)
+        service.process.kill()
+        await service.process.wait()
+    assert first.inserted == 100
+    async with asyncio.timeout(15):
+        while alive(pid):
+            await asyncio.sleep(0.1)
+
+    async with serve("--data-dir", str(tmp_path)) as service:
+        async with grpc.aio.insecure_channel(service.target) as channel:
+            again = await record(aggregator_pb2_grpc.AggregatorServiceStub(channel), batches)
+        service.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(service.process.wait(), 60) == 0
+    assert (again.inserted, again.duplicates) == (0, 100)
