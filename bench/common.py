@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
+
 from daily_aggregator.server.database import migrate, with_database
 
 SERVING = re.compile(rb"serving \S+ on port (\d+)")

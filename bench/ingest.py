@@ -24,11 +24,11 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+
+from bench.common import fresh_database, service_process
 from daily_aggregator.server.embedded import EmbeddedPostgres
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
-
-from bench.common import fresh_database, service_process
 
 RAW_INSERT = """
 INSERT INTO events (user_id, idempotency_key, occurred_at, word_count, study_seconds, country)

@@ -11,13 +11,15 @@ from dataclasses import dataclass
 
 import asyncpg
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
 from daily_aggregator.server.config import Settings
 from daily_aggregator.server.database import create_pool, migrate, wait_for_database
 from daily_aggregator.server.embedded import EmbeddedPostgres
 from daily_aggregator.server.service import AggregatorService
+from daily_aggregator.server.timezones import TimeZones
 from daily_aggregator.v1 import aggregator_pb2, aggregator_pb2_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,10 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
             ("grpc.so_reuseport", 0),
         ]
     )
-    aggregator_pb2_grpc.add_AggregatorServiceServicer_to_server(AggregatorService(pool), server)
+    zones = await TimeZones.load(pool)
+    aggregator_pb2_grpc.add_AggregatorServiceServicer_to_server(
+        AggregatorService(pool, zones), server
+    )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -8,6 +8,7 @@ import time
 from urllib.parse import urlsplit
 
 import asyncpg
+
 from daily_aggregator.server.queries import migrations, query
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool
         max_size=max_size,
         timeout=10,
         command_timeout=60,
+        # Query ranges vary from an hour to years; a plan per execution fits each.
+        server_settings={"plan_cache_mode": "force_custom_plan"},
     )
     assert pool is not None
     return pool

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
-from daily_aggregator.server.database import UNAVAILABLE_ERRORS
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+from daily_aggregator.server.database import UNAVAILABLE_ERRORS
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
+
 from daily_aggregator.server.database import RETRYABLE_ERRORS
 from daily_aggregator.server.queries import query
 from daily_aggregator.server.validation import Rejection, ValidEvents, validate

@@ -17,7 +17,8 @@ MAX_FUTURE_US = 24 * 3600 * 1_000_000
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _COUNTRY = re.compile(r"[A-Z]{2}")
 UUID_REASON = "must be a UUID such as 123e4567-e89b-12d3-a456-426614174000"
-COUNTRY_REASON = "must be empty or an ISO 3166-1 alpha-2 code of two upper-case letters A-Z"
+COUNTRY_CODE_REASON = "must be an ISO 3166-1 alpha-2 code of two upper-case letters A-Z"
+COUNTRY_REASON = f"must be empty or {COUNTRY_CODE_REASON.removeprefix('must be ')}"
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,21 @@ class ValidEvents:
         )
 
 
+def is_uuid(value: str) -> bool:
+    """Whether `value` is a UUID in the canonical 8-4-4-4-12 form, any case."""
+    return _UUID.fullmatch(value) is not None
+
+
+def is_country(value: str) -> bool:
+    """Whether `value` is two upper-case letters A-Z."""
+    return _COUNTRY.fullmatch(value) is not None
+
+
 def _problem(event: aggregator_pb2.Event, now_us: int) -> tuple[str, str] | None:
     """The first invalid field of `event` and why, or None when it is valid."""
-    if not _UUID.fullmatch(event.user_id):
+    if not is_uuid(event.user_id):
         return "user_id", UUID_REASON
-    if not _UUID.fullmatch(event.idempotency_key):
+    if not is_uuid(event.idempotency_key):
         return "idempotency_key", UUID_REASON
     if event.HasField("occurred_at"):
         ts = event.occurred_at
@@ -84,7 +95,7 @@ def _problem(event: aggregator_pb2.Event, now_us: int) -> tuple[str, str] | None
         return "word_count", f"must be at most {MAX_WORD_COUNT}"
     if event.study_seconds > MAX_STUDY_SECONDS:
         return "study_seconds", f"must be at most {MAX_STUDY_SECONDS}"
-    if event.country and not _COUNTRY.fullmatch(event.country):
+    if event.country and not is_country(event.country):
         return "country", COUNTRY_REASON
     return None
 

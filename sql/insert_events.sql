@@ -1,9 +1,10 @@
--- Stores one batch of validated events in a single statement and returns the
--- 1-based positions of the events that were NOT inserted (usually none).
+-- Stores one batch of validated events in a single statement, adds them to the
+-- rollups in the same transaction, and returns the 1-based positions of the
+-- events that were NOT inserted (usually none).
 --
 -- Within the batch the first occurrence of a key wins. Keys are inserted in key
--- order so concurrent batches with overlapping keys lock rows in the same order
--- and cannot deadlock each other.
+-- order, and rollups in key order, so concurrent batches lock rows in the same
+-- order and do not deadlock each other.
 --
 -- $1 user_id[], $2 idempotency_key[], $3 occurred_at as microseconds since the
 -- Unix epoch[], $4 word_count[], $5 study_seconds[], $6 country[].
@@ -29,7 +30,23 @@ inserted AS (
     FROM firsts
     ORDER BY user_id, idempotency_key
     ON CONFLICT DO NOTHING
-    RETURNING user_id, idempotency_key
+    RETURNING user_id, idempotency_key, occurred_at, word_count, study_seconds, country
+),
+rolled_up AS (
+    INSERT INTO rollups AS r (user_id, slot, country, events, word_count, study_seconds)
+    SELECT user_id,
+           date_bin('15 minutes', occurred_at, timestamptz 'epoch'),
+           country,
+           count(*),
+           sum(word_count),
+           sum(study_seconds)
+    FROM inserted
+    GROUP BY 1, 2, 3
+    ORDER BY 1, 2, 3
+    ON CONFLICT (user_id, slot, country) DO UPDATE
+    SET events = r.events + excluded.events,
+        word_count = r.word_count + excluded.word_count,
+        study_seconds = r.study_seconds + excluded.study_seconds
 )
 SELECT b.position
 FROM batch AS b

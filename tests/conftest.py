@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+
 from daily_aggregator.server.app import RunningServer, start_server
 from daily_aggregator.server.config import Settings
 from daily_aggregator.server.database import create_pool, migrate, with_database

@@ -6,9 +6,10 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
+from google.protobuf import timestamp_pb2
+
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
-from google.protobuf import timestamp_pb2
 
 
 def timestamp(when: datetime) -> timestamp_pb2.Timestamp:

@@ -27,8 +27,9 @@ from urllib.parse import unquote, urlsplit
 import grpc
 import pytest
 import yaml
-from daily_aggregator.server.config import Settings
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from daily_aggregator.server.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 AGGREGATOR = "aggregator"

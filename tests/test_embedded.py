@@ -17,6 +17,7 @@ from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
+
 from daily_aggregator.server.embedded import (
     EmbeddedPostgres,
     EmbeddedPostgresError,

@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import grpc
 import pytest
+
 from daily_aggregator.server.ingest import MAX_ERRORS
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
-
 from tests.support import event, record
 
 Stub = aggregator_pb2_grpc.AggregatorServiceStub

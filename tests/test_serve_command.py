@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
-
 from tests.support import event, record
 
 COMMAND = str(Path(sys.executable).parent / "daily-aggregator")

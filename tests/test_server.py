@@ -8,16 +8,16 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from daily_aggregator.server.app import SERVICE_NAME, RunningServer, start_server
 from daily_aggregator.server.config import Settings
 from daily_aggregator.server.database import create_pool, migrate
 from daily_aggregator.server.embedded import EmbeddedPostgres
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
-from google.protobuf import descriptor_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from tests.support import event, record
 
 Stub = aggregator_pb2_grpc.AggregatorServiceStub
@@ -112,7 +112,7 @@ async def test_database_outage_is_unavailable_and_a_resend_is_clean(
 
 async def test_concurrent_migrations_apply_each_version_once(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
-    await conn.execute("DROP TABLE events, schema_migrations")
+    await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
     connections = [await asyncpg.connect(database_url) for _ in range(4)]
     try:
         applied = await asyncio.gather(*(migrate(c) for c in connections))

@@ -1,0 +1,148 @@
+"""Validation of the query RPCs' requests into typed queries."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from google.protobuf import timestamp_pb2
+
+from daily_aggregator.server.errors import InvalidArgument
+from daily_aggregator.server.timezones import TimeZone, TimeZones
+from daily_aggregator.server.validation import COUNTRY_CODE_REASON, UUID_REASON, is_country, is_uuid
+from daily_aggregator.v1 import aggregator_pb2 as pb
+
+MAX_BUCKETS = 10_000
+"""Most buckets one Summary or Uniques answer holds (a year of hours is 8,784)."""
+DEFAULT_MOVING_AVERAGE_WINDOW = 3
+MAX_MOVING_AVERAGE_WINDOW = 365
+DEFAULT_BREAKDOWN_LIMIT = 10
+MAX_BREAKDOWN_LIMIT = 1_000
+
+# Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+_MIN_SECONDS = -62_135_596_800
+_MAX_SECONDS = 253_402_300_799
+
+_UNITS = {
+    pb.GRANULARITY_UNSPECIFIED: "day",
+    pb.GRANULARITY_HOUR: "hour",
+    pb.GRANULARITY_DAY: "day",
+    pb.GRANULARITY_WEEK: "week",
+    pb.GRANULARITY_MONTH: "month",
+}
+_DIMENSIONS = {pb.DIMENSION_USER: "user", pb.DIMENSION_COUNTRY: "country"}
+_METRICS = {
+    pb.METRIC_UNSPECIFIED: "events",
+    pb.METRIC_EVENTS: "events",
+    pb.METRIC_WORD_COUNT: "word_count",
+    pb.METRIC_STUDY_SECONDS: "study_seconds",
+    pb.METRIC_UNIQUE_USERS: "unique_users",
+}
+
+
+@dataclass(frozen=True)
+class Filter:
+    """The time range and country filters every query takes."""
+
+    start: datetime
+    end: datetime
+    countries: list[str]
+    exclude_countries: list[str]
+
+
+@dataclass(frozen=True)
+class SeriesQuery:
+    """A bucketed query: Summary (with user and window) or Uniques."""
+
+    filter: Filter
+    unit: str
+    time_zone: TimeZone
+    user_id: uuid.UUID | None = None
+    moving_average_window: int = DEFAULT_MOVING_AVERAGE_WINDOW
+
+
+@dataclass(frozen=True)
+class BreakdownQuery:
+    """A ranking of users or countries by one metric."""
+
+    filter: Filter
+    dimension: str
+    metric: str
+    limit: int
+
+
+def _instant(request: object, field: str) -> datetime:
+    if not request.HasField(field):  # type: ignore[attr-defined]
+        raise InvalidArgument(field, "is required")
+    ts: timestamp_pb2.Timestamp = getattr(request, field)
+    if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS and 0 <= ts.nanos < 1_000_000_000):
+        raise InvalidArgument(field, "is not a valid timestamp")
+    return datetime.fromtimestamp(ts.seconds, UTC).replace(microsecond=ts.nanos // 1000)
+
+
+def _countries(values: Sequence[str], field: str) -> list[str]:
+    for i, value in enumerate(values):
+        if not is_country(value):
+            raise InvalidArgument(f"{field}[{i}]", COUNTRY_CODE_REASON)
+    return list(values)
+
+
+def _filter(request: object) -> Filter:
+    start = _instant(request, "start_time")
+    end = _instant(request, "end_time")
+    if end <= start:
+        raise InvalidArgument("end_time", "must be after start_time")
+    return Filter(
+        start,
+        end,
+        _countries(request.countries, "countries"),  # type: ignore[attr-defined]
+        _countries(request.exclude_countries, "exclude_countries"),  # type: ignore[attr-defined]
+    )
+
+
+def _unit(granularity: int) -> str:
+    if granularity not in _UNITS:
+        raise InvalidArgument("granularity", f"unknown granularity {granularity}")
+    return _UNITS[granularity]
+
+
+def summary_query(request: pb.SummaryRequest, zones: TimeZones) -> SeriesQuery:
+    """Validate a SummaryRequest."""
+    user_id = None
+    if request.user_id:
+        if not is_uuid(request.user_id):
+            raise InvalidArgument("user_id", f"{UUID_REASON}, or empty for all users")
+        user_id = uuid.UUID(request.user_id)
+    window = request.moving_average_window or DEFAULT_MOVING_AVERAGE_WINDOW
+    if window > MAX_MOVING_AVERAGE_WINDOW:
+        raise InvalidArgument(
+            "moving_average_window", f"must be at most {MAX_MOVING_AVERAGE_WINDOW}"
+        )
+    return SeriesQuery(
+        _filter(request),
+        _unit(request.granularity),
+        zones.parse(request.time_zone),
+        user_id,
+        window,
+    )
+
+
+def uniques_query(request: pb.UniquesRequest, zones: TimeZones) -> SeriesQuery:
+    """Validate a UniquesRequest."""
+    return SeriesQuery(_filter(request), _unit(request.granularity), zones.parse(request.time_zone))
+
+
+def breakdown_query(request: pb.BreakdownRequest) -> BreakdownQuery:
+    """Validate a BreakdownRequest."""
+    if request.dimension not in _DIMENSIONS:
+        raise InvalidArgument("dimension", "must be DIMENSION_USER or DIMENSION_COUNTRY")
+    if request.metric not in _METRICS:
+        raise InvalidArgument("metric", f"unknown metric {request.metric}")
+    limit = request.limit or DEFAULT_BREAKDOWN_LIMIT
+    if limit > MAX_BREAKDOWN_LIMIT:
+        raise InvalidArgument("limit", f"must be at most {MAX_BREAKDOWN_LIMIT}")
+    return BreakdownQuery(
+        _filter(request), _DIMENSIONS[request.dimension], _METRICS[request.metric], limit
+    )
