@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import timestamp_pb2
 
@@ -21,9 +21,12 @@ MAX_MOVING_AVERAGE_WINDOW = 365
 DEFAULT_BREAKDOWN_LIMIT = 10
 MAX_BREAKDOWN_LIMIT = 1_000
 
-# Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
-_MIN_SECONDS = -62_135_596_800
-_MAX_SECONDS = 253_402_300_799
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+"""Query ranges lie within [EARLIEST, LATEST]; events exist from 2000 only."""
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EARLIEST_MICROS = (EARLIEST - EPOCH) // timedelta(microseconds=1)
+_LATEST_MICROS = (LATEST - EPOCH) // timedelta(microseconds=1)
 
 _UNITS = {
     pb.GRANULARITY_UNSPECIFIED: "day",
@@ -74,12 +77,22 @@ class BreakdownQuery:
 
 
 def _instant(request: object, field: str) -> datetime:
+    """The timestamp `field`, rounded up to the microsecond.
+
+    Events are stored to the microsecond, so rounding both ends of a half-open
+    range up selects exactly the stored events inside it.
+    """
     if not request.HasField(field):  # type: ignore[attr-defined]
         raise InvalidArgument(field, "is required")
     ts: timestamp_pb2.Timestamp = getattr(request, field)
-    if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS and 0 <= ts.nanos < 1_000_000_000):
-        raise InvalidArgument(field, "is not a valid timestamp")
-    return datetime.fromtimestamp(ts.seconds, UTC).replace(microsecond=ts.nanos // 1000)
+    if not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidArgument(field, "nanos must be between 0 and 999999999")
+    micros = ts.seconds * 1_000_000 + -(-ts.nanos // 1000)
+    if not _EARLIEST_MICROS <= micros <= _LATEST_MICROS:
+        raise InvalidArgument(
+            field, "must be between 1900-01-01T00:00:00Z and 2200-01-01T00:00:00Z"
+        )
+    return EPOCH + timedelta(microseconds=micros)
 
 
 def _countries(values: Sequence[str], field: str) -> list[str]:

@@ -126,10 +126,9 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
     ) -> pb.BreakdownResponse:
         q = breakdown_query(request)
         rows = await self._pool.fetch(
-            query("breakdown"),
+            query(f"breakdown_{q.dimension}"),
             q.filter.start,
             q.filter.end,
-            q.dimension,
             q.metric,
             q.limit,
             q.filter.countries,

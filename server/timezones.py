@@ -45,7 +45,7 @@ class TimeZones:
         match = _OFFSET.fullmatch(name)
         if match:
             sign, hours, minutes = match[1], int(match[2]), int(match[3])
-            if hours > MAX_OFFSET_HOURS or minutes > 59:
+            if minutes > 59 or hours * 60 + minutes > MAX_OFFSET_HOURS * 60:
                 raise InvalidArgument(field, f"offset {name!r} is out of range -14:00 to +14:00")
             flipped = "-" if sign == "+" else "+"
             return TimeZone(name, f"{flipped}{hours:02d}:{minutes:02d}")

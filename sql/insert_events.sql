@@ -1,5 +1,5 @@
--- Stores one batch of validated events in a single statement, adds them to the
--- rollups in the same transaction, and returns the 1-based positions of the
+-- Stores one batch of validated events in a single statement, adds them to
+-- both rollups in the same transaction, and returns the 1-based positions of the
 -- events that were NOT inserted (usually none).
 --
 -- Within the batch the first occurrence of a key wins. Keys are inserted in key
@@ -32,18 +32,24 @@ inserted AS (
     ON CONFLICT DO NOTHING
     RETURNING user_id, idempotency_key, occurred_at, word_count, study_seconds, country
 ),
-rolled_up AS (
-    INSERT INTO rollups AS r (user_id, slot, country, events, word_count, study_seconds)
-    SELECT user_id,
-           date_bin('15 minutes', occurred_at, timestamptz 'epoch'),
-           country,
-           count(*),
-           sum(word_count),
-           sum(study_seconds)
+slots_rolled_up AS (
+    INSERT INTO slot_rollups AS r (slot, user_id, country, events, word_count, study_seconds)
+    SELECT slot_floor(occurred_at), user_id, country, count(*), sum(word_count), sum(study_seconds)
     FROM inserted
     GROUP BY 1, 2, 3
     ORDER BY 1, 2, 3
-    ON CONFLICT (user_id, slot, country) DO UPDATE
+    ON CONFLICT (slot, user_id, country) DO UPDATE
+    SET events = r.events + excluded.events,
+        word_count = r.word_count + excluded.word_count,
+        study_seconds = r.study_seconds + excluded.study_seconds
+),
+days_rolled_up AS (
+    INSERT INTO day_rollups AS r (day, user_id, country, events, word_count, study_seconds)
+    SELECT day_floor(occurred_at), user_id, country, count(*), sum(word_count), sum(study_seconds)
+    FROM inserted
+    GROUP BY 1, 2, 3
+    ORDER BY 1, 2, 3
+    ON CONFLICT (day, user_id, country) DO UPDATE
     SET events = r.events + excluded.events,
         word_count = r.word_count + excluded.word_count,
         study_seconds = r.study_seconds + excluded.study_seconds

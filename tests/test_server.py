@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -54,7 +55,7 @@ async def test_graceful_stop_lets_a_stream_in_flight_finish(
 ) -> None:
     call = stub.RecordEvents()
     await call.write(pb.RecordEventsRequest(events=[event() for _ in range(10)]))
-    stopping = asyncio.create_task(server.stop(10))
+    stopping = asyncio.create_task(server.stop(60))
     await asyncio.sleep(0.3)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as late:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -84,17 +85,18 @@ async def test_database_outage_is_unavailable_and_a_resend_is_clean(
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = Stub(channel)
-            call = stub.RecordEvents()
-            for batch in batches[:2]:
-                await call.write(pb.RecordEventsRequest(events=batch))
-            while await pool.fetchval("SELECT count(*) FROM events") < 100:
-                await asyncio.sleep(0.02)
-            await postgres.stop()
-            for batch in batches[2:]:
-                await call.write(pb.RecordEventsRequest(events=batch))
-            await call.done_writing()
+
+            async def stream_with_outage() -> AsyncIterator[pb.RecordEventsRequest]:
+                for batch in batches[:2]:
+                    yield pb.RecordEventsRequest(events=batch)
+                while await pool.fetchval("SELECT count(*) FROM events") < 100:
+                    await asyncio.sleep(0.02)
+                await postgres.stop()
+                for batch in batches[2:]:
+                    yield pb.RecordEventsRequest(events=batch)
+
             with pytest.raises(grpc.aio.AioRpcError) as failed:
-                await call
+                await stub.RecordEvents(stream_with_outage())
             assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "database unavailable" in (failed.value.details() or "")
 

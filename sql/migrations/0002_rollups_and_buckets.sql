@@ -1,30 +1,32 @@
--- Pre-aggregated activity per user, 15-minute UTC slot and country, kept in step
--- with events by the ingest statement. Every UTC offset in use is a multiple of
--- 15 minutes, so these slots re-aggregate exactly into the hours, days, weeks and
--- months of any time zone; the few bucket edges that fall inside a slot (an odd
--- fixed offset, a transition at 00:01) are read from events instead.
-CREATE TABLE rollups (
-    user_id       uuid        NOT NULL,
+-- Pre-aggregated activity, kept in step with events by the ingest statement.
+--
+-- slot_rollups holds sums per 15-minute UTC slot, user and country. Every UTC
+-- offset in use is a multiple of 15 minutes, so slots re-aggregate exactly into
+-- the hours, days, weeks and months of any time zone; the few bucket edges that
+-- fall inside a slot (an odd fixed offset, a transition at 00:01) are read from
+-- events instead. day_rollups holds the same sums per UTC day, for the whole
+-- UTC days inside long ranges. Both are keyed by time first: questions about
+-- everyone read a time range, and the covering keys answer them from the index
+-- alone. user_id stays in every key, so the tables can be distributed by it.
+CREATE TABLE slot_rollups (
     slot          timestamptz NOT NULL,
+    user_id       uuid        NOT NULL,
     country       text        NOT NULL,
     events        integer     NOT NULL,
     word_count    bigint      NOT NULL,
     study_seconds bigint      NOT NULL,
-    PRIMARY KEY (user_id, slot, country)
+    PRIMARY KEY (slot, user_id, country) INCLUDE (events, word_count, study_seconds)
 );
 
--- Everyone over a time range.
-CREATE INDEX rollups_slot_idx ON rollups (slot);
-
-INSERT INTO rollups (user_id, slot, country, events, word_count, study_seconds)
-SELECT user_id,
-       date_bin('15 minutes', occurred_at, timestamptz 'epoch'),
-       country,
-       count(*),
-       sum(word_count),
-       sum(study_seconds)
-FROM events
-GROUP BY 1, 2, 3;
+CREATE TABLE day_rollups (
+    day           timestamptz NOT NULL,
+    user_id       uuid        NOT NULL,
+    country       text        NOT NULL,
+    events        integer     NOT NULL,
+    word_count    bigint      NOT NULL,
+    study_seconds bigint      NOT NULL,
+    PRIMARY KEY (day, user_id, country) INCLUDE (events, word_count, study_seconds)
+);
 
 -- Offset from UTC of `instant` in time zone `zone` (a name PostgreSQL knows).
 CREATE FUNCTION zone_offset(instant timestamptz, zone text) RETURNS interval
@@ -120,9 +122,14 @@ BEGIN
         -- A transition since the wall-clock hour began starts the bucket instead.
         cursor_at := coalesce(next_transition(cursor_at, range_start, zone), cursor_at);
     ELSE
+        -- Local time can run behind the bucket it is in (after a fall-back
+        -- across midnight), so step both ways to the last start <= range_start.
         wall := date_trunc(unit, range_start AT TIME ZONE zone);
         WHILE first_reach(wall, zone) > range_start LOOP
             wall := wall - step;
+        END LOOP;
+        WHILE first_reach(wall + step, zone) <= range_start LOOP
+            wall := wall + step;
         END LOOP;
         cursor_at := first_reach(wall, zone);
     END IF;
@@ -157,37 +164,95 @@ CREATE FUNCTION slot_floor(instant timestamptz) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN date_bin('15 minutes', instant, timestamptz 'epoch');
 
--- The first slot boundary at or after `instant`.
-CREATE FUNCTION slot_ceiling(instant timestamptz) RETURNS timestamptz
+-- The UTC day holding `instant`.
+CREATE FUNCTION day_floor(instant timestamptz) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN date_bin('15 minutes', instant - interval '1 microsecond', timestamptz 'epoch')
-       + interval '15 minutes';
+RETURN date_bin('1 day', instant, timestamptz 'epoch');
 
--- Activity in [lo, hi), one row per rollup or event, optionally of one user and
--- of some countries only. Whole 15-minute slots come from rollups; the ragged
--- edges of a range that does not start or end on a slot boundary come from
--- events. `only_user` NULL means everyone; an empty `countries` means every
--- country, events without one included.
+-- [lo, hi) splits into ragged edges read from events, whole slots read from
+-- slot_rollups, and whole UTC days read from day_rollups:
+--   lo .. slots_start .. days_start .. days_end .. slots_end .. hi
+CREATE FUNCTION slots_start(lo timestamptz, hi timestamptz) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN least(slot_floor(lo - interval '1 microsecond') + interval '15 minutes', hi);
+
+CREATE FUNCTION slots_end(lo timestamptz, hi timestamptz) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN greatest(slot_floor(hi), slots_start(lo, hi));
+
+CREATE FUNCTION days_start(lo timestamptz, hi timestamptz) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN least(day_floor(slots_start(lo, hi) - interval '1 microsecond') + interval '1 day',
+             slots_end(lo, hi));
+
+CREATE FUNCTION days_end(lo timestamptz, hi timestamptz) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN greatest(day_floor(slots_end(lo, hi)), days_start(lo, hi));
+
+-- Activity in [lo, hi), one row per rollup or event, of everyone or of
+-- `only_user`, and of some countries only (an empty `countries` means every
+-- country, events without one included). For everyone, each part of the range
+-- comes from the coarsest table that covers it exactly (see slots_start). One
+-- learner's events are few, so they are read directly. With a known
+-- `only_user` the planner drops the branches that do not apply.
 CREATE FUNCTION activity(
     lo timestamptz, hi timestamptz, only_user uuid, countries text[], exclude_countries text[]
 )
 RETURNS TABLE (user_id uuid, country text, events bigint, word_count bigint,
                study_seconds bigint)
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT r.user_id, r.country, r.events, r.word_count, r.study_seconds
-    FROM rollups AS r
-    WHERE r.slot >= least(slot_ceiling(lo), hi)
-      AND r.slot < greatest(slot_floor(hi), least(slot_ceiling(lo), hi))
-      AND (only_user IS NULL OR r.user_id = only_user)
-      AND (cardinality(countries) = 0 OR r.country = ANY (countries))
-      AND r.country <> ALL (exclude_countries)
+    SELECT d.user_id, d.country, d.events, d.word_count, d.study_seconds
+    FROM day_rollups AS d
+    WHERE only_user IS NULL
+      AND d.day >= days_start(lo, hi) AND d.day < days_end(lo, hi)
+      AND (cardinality(countries) = 0 OR d.country = ANY (countries))
+      AND d.country <> ALL (exclude_countries)
+    UNION ALL
+    SELECT s.user_id, s.country, s.events, s.word_count, s.study_seconds
+    FROM slot_rollups AS s
+    WHERE only_user IS NULL
+      AND s.slot >= slots_start(lo, hi) AND s.slot < days_start(lo, hi)
+      AND (cardinality(countries) = 0 OR s.country = ANY (countries))
+      AND s.country <> ALL (exclude_countries)
+    UNION ALL
+    SELECT s.user_id, s.country, s.events, s.word_count, s.study_seconds
+    FROM slot_rollups AS s
+    WHERE only_user IS NULL
+      AND s.slot >= days_end(lo, hi) AND s.slot < slots_end(lo, hi)
+      AND (cardinality(countries) = 0 OR s.country = ANY (countries))
+      AND s.country <> ALL (exclude_countries)
     UNION ALL
     SELECT e.user_id, e.country, 1, e.word_count, e.study_seconds
     FROM events AS e
-    WHERE ((e.occurred_at >= lo AND e.occurred_at < least(slot_ceiling(lo), hi))
-           OR (e.occurred_at >= greatest(slot_floor(hi), least(slot_ceiling(lo), hi))
-               AND e.occurred_at < hi))
-      AND (only_user IS NULL OR e.user_id = only_user)
+    WHERE only_user IS NULL
+      AND e.occurred_at >= lo AND e.occurred_at < slots_start(lo, hi)
+      AND (cardinality(countries) = 0 OR e.country = ANY (countries))
+      AND e.country <> ALL (exclude_countries)
+    UNION ALL
+    SELECT e.user_id, e.country, 1, e.word_count, e.study_seconds
+    FROM events AS e
+    WHERE only_user IS NULL
+      AND e.occurred_at >= slots_end(lo, hi) AND e.occurred_at < hi
+      AND (cardinality(countries) = 0 OR e.country = ANY (countries))
+      AND e.country <> ALL (exclude_countries)
+    UNION ALL
+    SELECT e.user_id, e.country, 1, e.word_count, e.study_seconds
+    FROM events AS e
+    WHERE e.user_id = only_user
+      AND e.occurred_at >= lo AND e.occurred_at < hi
       AND (cardinality(countries) = 0 OR e.country = ANY (countries))
       AND e.country <> ALL (exclude_countries)
 $$;
+
+-- Events stored before this migration.
+INSERT INTO slot_rollups (slot, user_id, country, events, word_count, study_seconds)
+SELECT slot_floor(occurred_at), user_id, country, count(*), sum(word_count), sum(study_seconds)
+FROM events
+GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3;
+
+INSERT INTO day_rollups (day, user_id, country, events, word_count, study_seconds)
+SELECT day_floor(occurred_at), user_id, country, count(*), sum(word_count), sum(study_seconds)
+FROM events
+GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3;

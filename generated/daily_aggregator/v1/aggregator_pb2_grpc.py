@@ -92,9 +92,15 @@ class AggregatorServiceServicer:
         caller's time zone, with per-event averages and simple moving averages,
         for one user or for all users.
 
+        Buckets run from the bucket holding start_time to the bucket holding the
+        last instant before end_time, every one present (empty ones as zeros);
+        only events inside [start_time, end_time) are counted, also in the first
+        and last bucket. At most 10,000 buckets (a year of hours is 8,784).
+
         Status codes: OK; INVALID_ARGUMENT naming the field (malformed user_id,
-        missing or reversed range, unknown time zone, bad country, a window or
-        bucket count over its maximum); UNAVAILABLE.
+        missing, invalid or reversed start_time/end_time, unknown time_zone, bad
+        countries entry, moving_average_window over 365, more than 10,000 buckets
+        (field "granularity")); UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,8 +109,10 @@ class AggregatorServiceServicer:
     def Uniques(self, request, context):
         """Uniques reports distinct active users per calendar bucket of the caller's
         time zone (daily, weekly or monthly active learners) and over the range.
+        Buckets follow the rules of Summary. Counts are exact (no sketches).
 
-        Status codes: OK; INVALID_ARGUMENT naming the field; UNAVAILABLE.
+        Status codes: OK; INVALID_ARGUMENT naming the field, as for Summary;
+        UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,7 +122,9 @@ class AggregatorServiceServicer:
         """Breakdown ranks users or countries by a metric over a time range, for
         example the top 10 learners by words this week or study time by country.
 
-        Status codes: OK; INVALID_ARGUMENT naming the field; UNAVAILABLE.
+        Status codes: OK; INVALID_ARGUMENT naming the field (missing, invalid or
+        reversed start_time/end_time, unspecified dimension, limit over 1,000, bad
+        countries entry); UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
