@@ -1,6 +1,7 @@
 """Ingest throughput: the service against raw PostgreSQL, measured in the same run.
 
     uv run python -m bench.ingest [--events 1000000] [--streams 4] [--batch 2000]
+                                  [--arrival live|scattered]
 
 Starts an embedded PostgreSQL (or uses --database-url), then:
 1. raw: the same rows inserted straight into the same schema with asyncpg, one
@@ -39,26 +40,45 @@ ON CONFLICT DO NOTHING
 COUNTRIES = ["JP", "US", "DE", "FR", "BR", "IN", ""]
 
 
-def make_batches(events: int, batch: int, users: int) -> list[list[pb.Event]]:
-    """Realistic-looking events: many users, times over a year, a few countries."""
+def make_events(events: int, users: int, arrival: str) -> list[pb.Event]:
+    """Learners in sessions of 3-7 events a few minutes apart, each from one country.
+
+    Users are drawn with a power law (a minority of heavy learners). With
+    arrival "live" the events come in time order over two weeks, as a live
+    feed delivers them; with "scattered" they are shuffled over a year, the
+    worst case for rollups (nearly every event starts a rollup row of its own).
+    """
     rng = random.Random(42)
     user_ids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(users)]
+    countries = {u: COUNTRIES[i % len(COUNTRIES)] for i, u in enumerate(user_ids)}
+    span = timedelta(days=14 if arrival == "live" else 365)
     start = datetime(2025, 1, 1, tzinfo=UTC)
-    batches = []
-    for first in range(0, events, batch):
-        messages = []
-        for _ in range(min(batch, events - first)):
+    out: list[tuple[datetime, pb.Event]] = []
+    while len(out) < events:
+        user = user_ids[int(users * rng.random() ** 2)]
+        at = start + span * rng.random()
+        for _ in range(rng.randint(3, 7)):
             e = pb.Event(
-                user_id=rng.choice(user_ids),
+                user_id=user,
                 idempotency_key=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                word_count=rng.randint(1, 200),
-                study_seconds=rng.randint(10, 1800),
-                country=rng.choice(COUNTRIES),
+                word_count=rng.randint(1, 60),
+                study_seconds=rng.randint(30, 630),
+                country=countries[user],
             )
-            e.occurred_at.FromDatetime(start + timedelta(seconds=rng.randrange(365 * 86400)))
-            messages.append(e)
-        batches.append(messages)
-    return batches
+            e.occurred_at.FromDatetime(at)
+            out.append((at, e))
+            at += timedelta(seconds=rng.randint(120, 360))
+    del out[events:]
+    if arrival == "live":
+        out.sort(key=lambda pair: pair[0])
+    else:
+        rng.shuffle(out)
+    return [e for _, e in out]
+
+
+def make_batches(events: list[pb.Event], batch: int) -> list[list[pb.Event]]:
+    """Consecutive batches of `batch` events."""
+    return [events[i : i + batch] for i in range(0, len(events), batch)]
 
 
 def as_columns(batch: list[pb.Event]) -> tuple[list[object], ...]:
@@ -111,11 +131,20 @@ async def main() -> None:
     parser.add_argument("--streams", type=int, default=4)
     parser.add_argument("--batch", type=int, default=2000, help="events per stream message")
     parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument(
+        "--arrival",
+        choices=["live", "scattered"],
+        default="live",
+        help="live: time-ordered sessions over two weeks; scattered: shuffled over a year",
+    )
     parser.add_argument("--database-url", help="measure on this server instead of an embedded one")
     args = parser.parse_args()
 
-    print(f"generating {args.events:,} events in batches of {args.batch:,} ...", flush=True)
-    batches = make_batches(args.events, args.batch, args.users)
+    print(
+        f"generating {args.events:,} events ({args.arrival}) in batches of {args.batch:,} ...",
+        flush=True,
+    )
+    batches = make_batches(make_events(args.events, args.users, args.arrival), args.batch)
     with tempfile.TemporaryDirectory(prefix="da-bench-") as tmp:
         embedded = None
         server_dsn = args.database_url
