@@ -86,17 +86,22 @@ async def test_database_outage_is_unavailable_and_a_resend_is_clean(
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = Stub(channel)
 
+            outage = asyncio.Event()
+
             async def stream_with_outage() -> AsyncIterator[pb.RecordEventsRequest]:
                 for batch in batches[:2]:
                     yield pb.RecordEventsRequest(events=batch)
-                while await pool.fetchval("SELECT count(*) FROM events") < 100:
-                    await asyncio.sleep(0.02)
-                await postgres.stop()
+                await outage.wait()
                 for batch in batches[2:]:
                     yield pb.RecordEventsRequest(events=batch)
 
+            call = stub.RecordEvents(stream_with_outage())
+            while await pool.fetchval("SELECT count(*) FROM events") < 100:
+                await asyncio.sleep(0.02)
+            await postgres.stop()
+            outage.set()
             with pytest.raises(grpc.aio.AioRpcError) as failed:
-                await stub.RecordEvents(stream_with_outage())
+                await call
             assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "database unavailable" in (failed.value.details() or "")
 
