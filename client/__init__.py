@@ -1,1 +1,60 @@
-"""Daily Aggregator client."""
+"""The Python client of the Daily Aggregator service.
+
+`AsyncClient` (asyncio) and `Client` (synchronous) call the service's RPCs with typed
+arguments and results; their `writer()` gives a batching `AsyncEventWriter` / `EventWriter`
+for endless event feeds. Every failure is a `DailyAggregatorError`; see `_errors` for the
+hierarchy. This package depends on the generated contract only, never on the server.
+"""
+
+from daily_aggregator.client._async import AsyncClient
+from daily_aggregator.client._errors import (
+    DailyAggregatorError,
+    DeadlineExceededError,
+    FieldViolation,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from daily_aggregator.client._models import (
+    BreakdownRow,
+    Dimension,
+    Event,
+    EventError,
+    Granularity,
+    Metric,
+    RecordResult,
+    SummaryBucket,
+    SummaryResult,
+    SummaryTotals,
+    UniquesBucket,
+    UniquesResult,
+)
+from daily_aggregator.client._retry import RetryPolicy
+from daily_aggregator.client._sync import Client, EventWriter
+from daily_aggregator.client._writer import AsyncEventWriter
+
+__all__ = [
+    "AsyncClient",
+    "AsyncEventWriter",
+    "BreakdownRow",
+    "Client",
+    "DailyAggregatorError",
+    "DeadlineExceededError",
+    "Dimension",
+    "Event",
+    "EventError",
+    "EventWriter",
+    "FieldViolation",
+    "Granularity",
+    "InvalidArgumentError",
+    "Metric",
+    "RecordResult",
+    "ResourceExhaustedError",
+    "RetryPolicy",
+    "SummaryBucket",
+    "SummaryResult",
+    "SummaryTotals",
+    "UnavailableError",
+    "UniquesBucket",
+    "UniquesResult",
+]

@@ -1,0 +1,77 @@
+"""Retry policy and the loop that applies it to one attempt function."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+
+from daily_aggregator.client._errors import from_rpc_error
+
+__all__ = ["RetryPolicy", "call_with_retry"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry a call that failed in a retryable way.
+
+    The n-th retry waits ``min(max_backoff, initial_backoff * multiplier ** (n - 1))``
+    seconds, less a random fraction of up to `jitter` of it: ``jitter=0.2`` waits 80-100 %
+    of the backoff (proportional jitter), ``jitter=1.0`` anywhere from 0 to 100 % (full
+    jitter), ``jitter=0`` exactly the backoff.
+
+    Attributes:
+        max_attempts: Attempts in all, the first included; 1 disables retries.
+        initial_backoff: Seconds before the first retry.
+        max_backoff: Upper bound of any wait, in seconds.
+        multiplier: Growth of the backoff per retry.
+        jitter: Fraction of the backoff that is randomized, 0 to 1.
+    """
+
+    max_attempts: int = 5
+    initial_backoff: float = 0.1
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.initial_backoff < 0 or self.max_backoff < 0:
+            raise ValueError("backoffs must not be negative")
+        if self.multiplier < 1:
+            raise ValueError("multiplier must be at least 1")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("jitter must be between 0 and 1")
+
+    def backoff(self, retry: int) -> float:
+        """Seconds to wait before retry number `retry` (1 for the first retry)."""
+        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
+        return base * (1 - self.jitter * random.random())
+
+
+async def call_with_retry(
+    policy: RetryPolicy,
+    retryable: Collection[grpc.StatusCode],
+    attempt: Callable[[], Awaitable[T]],
+) -> T:
+    """Run `attempt` until it succeeds, retrying `retryable` failures per `policy`.
+
+    Raises the client error for the last failure.
+    """
+    tries = 1
+    while True:
+        try:
+            return await attempt()
+        except grpc.RpcError as exc:
+            error = from_rpc_error(exc)
+            if error.code not in retryable or tries >= policy.max_attempts:
+                raise error from exc
+        await asyncio.sleep(policy.backoff(tries))
+        tries += 1

@@ -1,0 +1,271 @@
+"""Client and EventWriter: the asyncio client driven from synchronous code.
+
+Each Client owns a private thread running an event loop; every method hands a coroutine
+to that loop and waits for its result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import grpc
+
+from daily_aggregator.client._async import AsyncClient
+from daily_aggregator.client._models import (
+    BreakdownRow,
+    Dimension,
+    Event,
+    Granularity,
+    Metric,
+    RecordResult,
+    SummaryResult,
+    UniquesResult,
+)
+from daily_aggregator.client._retry import RetryPolicy
+from daily_aggregator.client._writer import AsyncEventWriter
+
+__all__ = ["Client", "EventWriter"]
+
+T = TypeVar("T")
+
+
+class _LoopThread:
+    """An event loop running forever in a daemon thread of its own."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="daily-aggregator-client", daemon=True
+        )
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if threading.current_thread() is self._thread:
+            coroutine.close()
+            raise RuntimeError("a synchronous client cannot be called from its own callbacks")
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+class EventWriter:
+    """The synchronous face of `AsyncEventWriter`; get one from `Client.writer()`.
+
+    Batching, rotation, retries and totals behave exactly as described for
+    `AsyncEventWriter`. Batches lingering in the background are sent by the client's thread,
+    which is also where `on_result` is called.
+    """
+
+    def __init__(self, writer: AsyncEventWriter, runner: _LoopThread) -> None:
+        self._writer = writer
+        self._runner = runner
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def totals(self) -> RecordResult:
+        """Running totals over every acknowledged stream; see `AsyncEventWriter.totals`."""
+        return self._writer.totals
+
+    @property
+    def unacknowledged(self) -> list[Event]:
+        """After the writer failed for good: the events it could not get acknowledged."""
+        return self._writer.unacknowledged
+
+    def write(self, event: Event) -> None:
+        """Queue `event`, sending the batch it fills; see `AsyncEventWriter.write`."""
+        self._runner.run(self._writer.write(event))
+
+    def flush(self) -> None:
+        """Send everything queued and complete the stream; see `AsyncEventWriter.flush`."""
+        self._runner.run(self._writer.flush())
+
+    def close(self) -> None:
+        """Flush, then stop the writer; see `AsyncEventWriter.close`."""
+        self._runner.run(self._writer.close())
+
+
+class Client:
+    """A synchronous client of the Daily Aggregator service.
+
+    Same arguments, methods and errors as `AsyncClient`, without ``await``::
+
+        with Client("127.0.0.1:50051", token=token) as client:
+            client.record(events)
+            print(client.summary(start, end, time_zone="Asia/Tokyo").totals)
+
+    The gRPC channel lives on an event loop in a private thread, started here and stopped
+    by `close()`.
+    """
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+        timeout: float | None = 30.0,
+        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, so sharing it is safe
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self._runner = _LoopThread()
+
+        async def connect() -> AsyncClient:
+            return AsyncClient(
+                target,
+                credentials=credentials,
+                token=token,
+                timeout=timeout,
+                retry=retry,
+                options=options,
+            )
+
+        try:
+            self._client = self._runner.run(connect())
+        except BaseException:
+            self._runner.stop()
+            raise
+        self._closed = False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def target(self) -> str:
+        """``host:port`` of the service."""
+        return self._client.target
+
+    def close(self) -> None:
+        """Close the channel and stop the client's thread; closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._runner.run(self._client.close())
+        finally:
+            self._runner.stop()
+
+    def summary(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        user_id: str | None = None,
+        granularity: Granularity = Granularity.DAY,
+        time_zone: str = "UTC",
+        moving_average_window: int = 3,
+        countries: Iterable[str] = (),
+        exclude_countries: Iterable[str] = (),
+    ) -> SummaryResult:
+        """Events, words and study time per calendar bucket; see `AsyncClient.summary`."""
+        return self._runner.run(
+            self._client.summary(
+                start,
+                end,
+                user_id=user_id,
+                granularity=granularity,
+                time_zone=time_zone,
+                moving_average_window=moving_average_window,
+                countries=tuple(countries),
+                exclude_countries=tuple(exclude_countries),
+            )
+        )
+
+    def uniques(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        granularity: Granularity = Granularity.DAY,
+        time_zone: str = "UTC",
+        countries: Iterable[str] = (),
+        exclude_countries: Iterable[str] = (),
+    ) -> UniquesResult:
+        """Distinct active users per calendar bucket; see `AsyncClient.uniques`."""
+        return self._runner.run(
+            self._client.uniques(
+                start,
+                end,
+                granularity=granularity,
+                time_zone=time_zone,
+                countries=tuple(countries),
+                exclude_countries=tuple(exclude_countries),
+            )
+        )
+
+    def breakdown(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        dimension: Dimension,
+        metric: Metric = Metric.EVENTS,
+        limit: int = 10,
+        countries: Iterable[str] = (),
+        exclude_countries: Iterable[str] = (),
+    ) -> list[BreakdownRow]:
+        """The top users or countries by a metric; see `AsyncClient.breakdown`."""
+        return self._runner.run(
+            self._client.breakdown(
+                start,
+                end,
+                dimension=dimension,
+                metric=metric,
+                limit=limit,
+                countries=tuple(countries),
+                exclude_countries=tuple(exclude_countries),
+            )
+        )
+
+    def record(self, events: Iterable[Event], *, batch_size: int = 1000) -> RecordResult:
+        """Store events over one stream, resending it on failure; see `AsyncClient.record`."""
+        return self._runner.run(self._client.record(list(events), batch_size=batch_size))
+
+    def writer(
+        self,
+        *,
+        max_batch_events: int = 1000,
+        max_batch_bytes: int = 1_000_000,
+        linger: float = 0.05,
+        rotate_events: int = 100_000,
+        rotate_seconds: float = 10.0,
+        on_result: Callable[[RecordResult], None] | None = None,
+    ) -> EventWriter:
+        """A batching writer that streams events to the service; see `AsyncEventWriter`."""
+
+        async def create() -> AsyncEventWriter:
+            return self._client.writer(
+                max_batch_events=max_batch_events,
+                max_batch_bytes=max_batch_bytes,
+                linger=linger,
+                rotate_events=rotate_events,
+                rotate_seconds=rotate_seconds,
+                on_result=on_result,
+            )
+
+        return EventWriter(self._runner.run(create()), self._runner)
