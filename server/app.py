@@ -15,8 +15,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from daily_aggregator.server.config import Settings
-from daily_aggregator.server.database import create_pool, migrate, wait_for_database
-from daily_aggregator.server.embedded import EmbeddedPostgres
+from daily_aggregator.server.database import (
+    CONNECTION_ERRORS,
+    create_pool,
+    migrate,
+    wait_for_database,
+)
+from daily_aggregator.server.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from daily_aggregator.server.service import AggregatorService
 from daily_aggregator.server.timezones import TimeZones
 from daily_aggregator.v1 import aggregator_pb2, aggregator_pb2_grpc
@@ -24,6 +29,10 @@ from daily_aggregator.v1 import aggregator_pb2, aggregator_pb2_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = aggregator_pb2.DESCRIPTOR.services_by_name["AggregatorService"].full_name
+
+
+class StartupError(Exception):
+    """The service cannot start: the address is taken or the database is out of reach."""
 
 
 @dataclass
@@ -60,9 +69,12 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
     reflection.enable_server_reflection(
         [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {settings.listen}")
+    try:
+        port = server.add_insecure_port(settings.listen)
+    except RuntimeError as exc:  # grpc's way of saying the address is taken or invalid
+        raise StartupError(
+            f"cannot listen on {settings.listen}: address in use or invalid"
+        ) from exc
     await server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -75,10 +87,16 @@ async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     async with contextlib.AsyncExitStack() as stack:
         dsn = settings.database_url
         if dsn is None:
-            embedded = await stack.enter_async_context(EmbeddedPostgres(settings.data_dir))
+            try:
+                embedded = await stack.enter_async_context(EmbeddedPostgres(settings.data_dir))
+            except EmbeddedPostgresError as exc:
+                raise StartupError(f"cannot start the embedded PostgreSQL: {exc}") from exc
             dsn = embedded.dsn
             log.info("embedded PostgreSQL running in %s", settings.data_dir)
-        await wait_for_database(dsn)
+        try:
+            await wait_for_database(dsn)
+        except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+            raise StartupError(f"cannot use PostgreSQL: {exc}") from exc
         pool = await create_pool(
             dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size
         )
