@@ -94,7 +94,7 @@ async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
             dsn = embedded.dsn
             log.info("embedded PostgreSQL running in %s", settings.data_dir)
         try:
-            await wait_for_database(dsn)
+            await wait_for_database(dsn, patience=settings.database_patience)
         except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             raise StartupError(f"cannot use PostgreSQL: {exc}") from exc
         pool = await create_pool(

@@ -41,6 +41,9 @@ class Settings:
     grace_seconds: float = 30.0
     """On SIGTERM/SIGINT, how long in-flight RPCs may run before they are cancelled."""
 
+    database_patience: float = 60.0
+    """At start-up, how long to keep trying to reach PostgreSQL before giving up."""
+
     pool_min_size: int = 2
     """Connections the pool keeps open."""
 
@@ -87,6 +90,12 @@ class Settings:
             default=float(env.get("DAILY_AGGREGATOR_GRACE_SECONDS", 30.0)),
             help="on SIGTERM/SIGINT, how long in-flight RPCs may finish (default 30)",
         )
+        parser.add_argument(
+            "--database-patience",
+            type=float,
+            default=float(env.get("DAILY_AGGREGATOR_DATABASE_PATIENCE", 60.0)),
+            help="at start-up, seconds to keep trying to reach PostgreSQL (default 60)",
+        )
         args = parser.parse_args(argv)
         if args.max_message_bytes < 1024:
             parser.error("--max-message-bytes must be at least 1024")
@@ -96,4 +105,5 @@ class Settings:
             data_dir=args.data_dir.expanduser(),
             max_message_bytes=args.max_message_bytes,
             grace_seconds=args.grace_seconds,
+            database_patience=args.database_patience,
         )

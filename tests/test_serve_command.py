@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -134,3 +135,40 @@ async def test_after_kill_9_no_database_is_left_behind_and_the_next_start_recove
         service.process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(service.process.wait(), 60) == 0
     assert (again.inserted, again.duplicates) == (0, 100)
+
+
+async def test_a_taken_address_is_one_line_and_exit_1(database_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        process = await asyncio.create_subprocess_exec(
+            COMMAND,
+            "serve",
+            "--listen",
+            address,
+            "--database-url",
+            database_url,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    assert f"daily-aggregator serve: cannot listen on {address}" in stderr.decode()
+    assert "Traceback" not in stderr.decode()
+
+
+async def test_an_unreachable_database_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    missing = f"postgresql://postgres@/postgres?host={tmp_path}&connect_timeout=1"
+    process = await asyncio.create_subprocess_exec(
+        COMMAND,
+        "serve",
+        "--database-url",
+        missing,
+        "--database-patience",
+        "1",
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 1
+    assert "daily-aggregator serve: cannot use PostgreSQL" in stderr.decode()
+    assert "Traceback" not in stderr.decode()

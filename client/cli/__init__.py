@@ -1,0 +1,231 @@
+"""The `daily-aggregator` command line: serve, ingest, summary, uniques, breakdown, demo.
+
+The library (`daily_aggregator.client`) never imports this module; only this module
+imports `rich`. Exit codes:
+
+    0  everything done (ingest: every event was stored or was already stored)
+    1  partly done (ingest: some lines were bad, rejected or conflicting) or a service failure
+    2  usage error: a bad flag, a missing file, or a request the service refused
+    3  the service cannot be reached
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from daily_aggregator.client import (
+    DailyAggregatorError,
+    DeadlineExceededError,
+    Granularity,
+    InvalidArgumentError,
+    UnavailableError,
+)
+from daily_aggregator.client.cli._common import (
+    DIMENSIONS,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    METRICS,
+    UsageError,
+    fail,
+    first_line,
+)
+from daily_aggregator.client.cli._demo import demo_command
+from daily_aggregator.client.cli._ingest import ingest_command
+from daily_aggregator.client.cli._reports import (
+    breakdown_command,
+    summary_command,
+    uniques_command,
+)
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `daily-aggregator` console script; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["serve"]:
+        return serve_command(args[1:])
+    parser = _parser()
+    parsed = parser.parse_args(args)
+    command: Callable[[argparse.Namespace], int] = parsed.run
+    target: str = getattr(parsed, "target", DEFAULT_TARGET)
+    try:
+        return command(parsed)
+    except UsageError as exc:
+        fail(f"daily-aggregator {parsed.command}: error: {exc}")
+        return EXIT_USAGE
+    except InvalidArgumentError as exc:
+        reasons = [f"{v.field}: {v.description}" for v in exc.field_violations] or [exc.message]
+        fail(f"daily-aggregator {parsed.command}: refused: {'; '.join(reasons)}")
+        return EXIT_USAGE
+    except (UnavailableError, DeadlineExceededError) as exc:
+        fail(f"cannot reach Daily Aggregator at {target}: {first_line(exc.message)}")
+        return EXIT_UNREACHABLE
+    except DailyAggregatorError as exc:
+        fail(f"daily-aggregator {parsed.command}: {exc.code.name}: {first_line(exc.message)}")
+        return EXIT_PARTIAL
+    except KeyboardInterrupt:
+        fail("interrupted")
+        return 130
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the final flush
+        return EXIT_PARTIAL
+
+
+def serve_command(argv: Sequence[str]) -> int:
+    """`daily-aggregator serve FLAGS`: run the service until SIGTERM or SIGINT."""
+    import logging
+
+    # The server, asyncpg and PostgreSQL tooling load only for this command.
+    from daily_aggregator.server.app import StartupError, serve
+    from daily_aggregator.server.config import Settings
+
+    settings = Settings.from_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(settings))
+    except StartupError as exc:
+        fail(f"daily-aggregator serve: {exc}")
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="daily-aggregator",
+        description="Learning-activity aggregation over gRPC: run the service, feed it, ask it.",
+        epilog="Run `daily-aggregator COMMAND --help` for a command's options. Exit codes: "
+        "0 ok, 1 partly done, 2 usage error, 3 service unreachable.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "serve",
+        help="run the gRPC service (see `daily-aggregator serve --help`)",
+        add_help=False,
+    )
+
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument(
+        "--target",
+        default=os.environ.get("DAILY_AGGREGATOR_TARGET") or DEFAULT_TARGET,
+        help=f"HOST:PORT of the service (env DAILY_AGGREGATOR_TARGET; default {DEFAULT_TARGET})",
+    )
+    connection.add_argument(
+        "--token",
+        default=os.environ.get("DAILY_AGGREGATOR_TOKEN") or None,
+        help="bearer token sent with every call (env DAILY_AGGREGATOR_TOKEN)",
+    )
+
+    ingest = commands.add_parser(
+        "ingest",
+        parents=[connection],
+        help="stream events from JSON Lines or CSV files",
+        description="Stream events from JSON Lines or CSV files (`-` is stdin). A line without "
+        "idempotency_key gets one derived from its content, so ingesting a file again "
+        "stores nothing twice.",
+    )
+    ingest.add_argument("files", nargs="+", metavar="FILE", help="a .jsonl/.ndjson/.csv file or -")
+    ingest.add_argument(
+        "--format",
+        choices=["jsonl", "csv"],
+        help="format of every FILE (default: by extension; stdin is jsonl)",
+    )
+    ingest.add_argument("--json", action="store_true", help="print the report as JSON")
+    ingest.set_defaults(run=ingest_command)
+
+    questions = argparse.ArgumentParser(add_help=False, parents=[connection])
+    questions.add_argument(
+        "--from",
+        dest="start",
+        metavar="TIME",
+        help="start of the range, ISO 8601, inclusive (default: 14 days before --to)",
+    )
+    questions.add_argument(
+        "--to",
+        dest="end",
+        metavar="TIME",
+        help="end of the range, ISO 8601, exclusive (default: now)",
+    )
+    questions.add_argument(
+        "--tz",
+        help="time zone of the buckets: IANA name or +HH:MM (default: --from's UTC offset, "
+        "else UTC); times without an offset are read in it",
+    )
+    questions.add_argument(
+        "--country", action="append", default=[], help="keep only this country (repeatable)"
+    )
+    questions.add_argument(
+        "--exclude-country", action="append", default=[], help="drop this country (repeatable)"
+    )
+    questions.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bucketed = argparse.ArgumentParser(add_help=False)
+    bucketed.add_argument(
+        "--granularity", choices=[g.value for g in Granularity], default="day", help="bucket size"
+    )
+
+    summary = commands.add_parser(
+        "summary",
+        parents=[questions, bucketed],
+        help="events, words and study time per bucket",
+        description="Events, words and study time per calendar bucket, with moving averages.",
+    )
+    summary.add_argument("--user", help="one learner's user_id (default: everyone)")
+    summary.add_argument(
+        "--window", type=int, default=3, help="buckets in each moving average (default 3)"
+    )
+    summary.set_defaults(run=summary_command)
+
+    uniques = commands.add_parser(
+        "uniques",
+        parents=[questions, bucketed],
+        help="distinct learners per bucket",
+        description="Distinct active learners per calendar bucket and over the range.",
+    )
+    uniques.set_defaults(run=uniques_command)
+
+    breakdown = commands.add_parser(
+        "breakdown",
+        parents=[questions],
+        help="top users or countries by a metric",
+        description="Users or countries ranked by a metric over the range.",
+    )
+    breakdown.add_argument("--by", choices=sorted(DIMENSIONS), default="user", help="group by")
+    breakdown.add_argument("--metric", choices=list(METRICS), default="events", help="rank by")
+    breakdown.add_argument("--limit", type=int, default=10, help="rows to show (default 10)")
+    breakdown.set_defaults(run=breakdown_command)
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[connection],
+        help="generate a data set, stream it in and ask about it",
+        description="Stream a generated data set into the service at --target (starting one "
+        "on the embedded database when none answers there), then print a summary, daily "
+        "uniques and the top learners.",
+    )
+    demo.add_argument("--events", type=int, default=20_000, help="events to generate")
+    demo.add_argument("--users", type=int, help="learners (default: events / 40, at least 5)")
+    demo.add_argument(
+        "--data-dir",
+        type=Path,
+        help="data directory of a service the demo starts (default: a temporary directory)",
+    )
+    demo.add_argument("--seed", type=int, help="random seed of the generated data")
+    demo.set_defaults(run=demo_command)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())
