@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import grpc
 
 from daily_aggregator.v1 import aggregator_pb2 as pb
@@ -79,11 +80,25 @@ def alive(pid: int) -> bool:
     )
 
 
+async def stored_events(database_url: str, *, at_least: int) -> None:
+    """Wait until the database holds `at_least` events."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with asyncio.timeout(30):
+            while await conn.fetchval("SELECT count(*) FROM events") < at_least:
+                await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+
+
 async def test_sigterm_lets_a_stream_in_flight_finish_then_exits_zero(database_url: str) -> None:
     async with serve("--database-url", database_url, "--grace-seconds", "20") as service:
         async with grpc.aio.insecure_channel(service.target) as channel:
             call = aggregator_pb2_grpc.AggregatorServiceStub(channel).RecordEvents()
             await call.write(pb.RecordEventsRequest(events=[event() for _ in range(10)]))
+            # The signal must find the stream in flight, not still on its way to the server:
+            # wait until the server has stored the first message.
+            await stored_events(database_url, at_least=10)
             service.process.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.5)
             await call.write(pb.RecordEventsRequest(events=[event() for _ in range(10)]))
