@@ -30,17 +30,17 @@ from daily_aggregator.client._models import (
     SummaryResult,
     UniquesResult,
 )
-from daily_aggregator.client._retry import RetryPolicy, call_with_retry
+from daily_aggregator.client._retry import (
+    QUERY_RETRYABLE,
+    STREAM_RETRYABLE,
+    RetryPolicy,
+    call_with_retry,
+)
 from daily_aggregator.client._writer import AsyncEventWriter
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
 
 __all__ = ["AsyncClient"]
-
-# Queries only read, so any UNAVAILABLE is safe to retry; a stream is resent whole and
-# idempotency keys make that safe after a deadline too.
-QUERY_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
-STREAM_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 def _range(start: datetime, end: datetime) -> dict[str, Any]:
@@ -57,8 +57,8 @@ class AsyncClient:
             summary = await client.summary(start, end, time_zone="Asia/Tokyo")
 
     Every failure is raised as a `DailyAggregatorError` subclass. Queries are retried on
-    UNAVAILABLE per `retry`; `record` resends its whole stream on UNAVAILABLE or
-    DEADLINE_EXCEEDED, which idempotency keys make safe.
+    UNAVAILABLE or CANCELLED (a server shutting down) per `retry`; `record` resends its whole
+    stream on those or DEADLINE_EXCEEDED, which idempotency keys make safe.
 
     Args:
         target: ``host:port`` of the service.
@@ -219,9 +219,10 @@ class AsyncClient:
 
         The result accounts for every event: received = inserted + duplicates + conflicts +
         rejected; invalid events are rejected and described in `errors` (indexes into
-        `events`) while the valid ones are stored. On UNAVAILABLE or DEADLINE_EXCEEDED the
-        whole stream is resent per the retry policy; events committed by a failed attempt
-        then count as duplicates. For an endless feed, use `writer()`.
+        `events`) while the valid ones are stored. On UNAVAILABLE, CANCELLED (a server
+        shutting down) or DEADLINE_EXCEEDED the whole stream is resent per the retry policy;
+        events committed by a failed attempt then count as duplicates. For an endless feed,
+        use `writer()`.
 
         Raises:
             ResourceExhaustedError: A message was over the server's size limit; use a smaller

@@ -12,9 +12,16 @@ import grpc
 
 from daily_aggregator.client._errors import from_rpc_error
 
-__all__ = ["RetryPolicy", "call_with_retry"]
+__all__ = ["QUERY_RETRYABLE", "STREAM_RETRYABLE", "RetryPolicy", "call_with_retry"]
 
 T = TypeVar("T")
+
+# A server that is shutting down answers CANCELLED to calls that reach it after it stopped
+# accepting them (a cancellation of our own surfaces as asyncio.CancelledError, never as a
+# status). Queries only read, so these are safe to retry; a stream is resent whole, and
+# idempotency keys make that safe after a deadline too.
+QUERY_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+STREAM_RETRYABLE = QUERY_RETRYABLE | {grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
 @dataclass(frozen=True)

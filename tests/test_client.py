@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import subprocess
 import sys
@@ -368,6 +369,35 @@ async def test_writer_resends_across_a_server_killed_mid_stream(
     assert totals.received == 3000
     assert totals.inserted + totals.duplicates == 3000
     assert totals.duplicates >= 1500
+    assert (totals.conflicts, totals.rejected) == (0, 0)
+    assert await count(pool) == 3000
+
+
+async def test_writer_streams_on_through_a_graceful_restart(
+    database_url: str, pool: asyncpg.Pool
+) -> None:
+    """A rolling deploy: SIGTERM, then a new server; streams refused meanwhile are resent."""
+    port = free_port()
+    feed = events(3000)
+    async with AsyncClient(f"127.0.0.1:{port}", retry=PATIENT, options=FAST_RECONNECT) as client:
+        writer = client.writer(max_batch_events=10, linger=60, rotate_events=20)
+
+        async def write_all() -> None:
+            for event in feed:
+                await writer.write(event)
+            await writer.close()
+
+        async with serve_process(database_url, port) as process:
+            writing = asyncio.create_task(write_all())
+            await wait_for_count(pool, 500)
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+        assert not writing.done()
+        async with serve_process(database_url, port):
+            await writing
+    totals = writer.totals
+    assert totals.received == 3000
+    assert totals.inserted + totals.duplicates == 3000
     assert (totals.conflicts, totals.rejected) == (0, 0)
     assert await count(pool) == 3000
 

@@ -81,7 +81,9 @@ class AggregatorServiceServicer:
         are committed; resend the rest in smaller messages.
         - UNAVAILABLE: PostgreSQL could not be reached or failed. Batches may or
         may not have committed; resend the whole stream.
-        - CANCELLED / DEADLINE_EXCEEDED: the client gave up; resend the stream.
+        - CANCELLED: the client gave up, or the stream reached a server that was
+        shutting down; resend the stream.
+        - DEADLINE_EXCEEDED: the client's deadline passed; resend the stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
