@@ -48,7 +48,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 __all__ = ["SERVICE_USER", "EmbeddedPostgres", "EmbeddedPostgresError", "default_bin_dir"]
 

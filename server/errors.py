@@ -74,7 +74,7 @@ def grpc_errors(
     """
 
     @functools.wraps(handler)
-    async def wrapper(self: S, *args: P.args, **kwargs: P.kwargs) -> R:
+    async def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
         context: Any = args[-1]
         try:
             return await handler(self, *args, **kwargs)

@@ -115,7 +115,7 @@ def _filter(request: object) -> Filter:
     )
 
 
-def _unit(granularity: int) -> str:
+def _unit(granularity: pb.Granularity) -> str:
     if granularity not in _UNITS:
         raise InvalidArgument("granularity", f"unknown granularity {granularity}")
     return _UNITS[granularity]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from daily_aggregator.v1 import aggregator_pb2
 
@@ -17,6 +18,8 @@ MAX_FUTURE_US = 24 * 3600 * 1_000_000
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _UUID_LINES = re.compile(rf"(?:{_UUID.pattern}\n)*{_UUID.pattern}")
 _COUNTRY = re.compile(r"[A-Z]{2}")
+T = TypeVar("T")
+
 UUID_REASON = "must be a UUID such as 123e4567-e89b-12d3-a456-426614174000"
 COUNTRY_CODE_REASON = "must be an ISO 3166-1 alpha-2 code of two upper-case letters A-Z"
 COUNTRY_REASON = f"must be empty or {COUNTRY_CODE_REASON.removeprefix('must be ')}"
@@ -62,8 +65,18 @@ class ValidEvents:
 
     def subset(self, positions: Sequence[int]) -> ValidEvents:
         """The events at these 0-based positions of this batch."""
+
+        def pick(column: list[T]) -> list[T]:
+            return [column[p] for p in positions]
+
         return ValidEvents(
-            *([column[p] for p in positions] for column in (*self.columns(), self.occurred_given))
+            pick(self.user_ids),
+            pick(self.idempotency_keys),
+            pick(self.occurred_us),
+            pick(self.word_counts),
+            pick(self.study_seconds),
+            pick(self.countries),
+            pick(self.occurred_given),
         )
 
 
