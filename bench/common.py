@@ -6,6 +6,7 @@ import asyncio
 import re
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import asyncpg
 
 from daily_aggregator.server.database import migrate, with_database
+from daily_aggregator.server.embedded import EmbeddedPostgres
 
 SERVING = re.compile(rb"serving \S+ on port (\d+)")
 
@@ -32,6 +34,17 @@ async def fresh_database(server_dsn: str, name: str) -> str:
     finally:
         await conn.close()
     return dsn
+
+
+@asynccontextmanager
+async def postgres_server(database_url: str | None) -> AsyncIterator[str]:
+    """Yield `database_url`, or when it is None the DSN of a throwaway embedded PostgreSQL."""
+    if database_url is not None:
+        yield database_url
+        return
+    with tempfile.TemporaryDirectory(prefix="da-bench-") as tmp:
+        async with EmbeddedPostgres(Path(tmp)) as embedded:
+            yield embedded.dsn
 
 
 @asynccontextmanager

@@ -17,17 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import asyncpg
 import grpc
 
-from bench.common import fresh_database, service_process
-from daily_aggregator.server.embedded import EmbeddedPostgres
+from bench.common import fresh_database, postgres_server, service_process
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
 
@@ -145,22 +142,13 @@ async def main() -> None:
         flush=True,
     )
     batches = make_batches(make_events(args.events, args.users, args.arrival), args.batch)
-    with tempfile.TemporaryDirectory(prefix="da-bench-") as tmp:
-        embedded = None
-        server_dsn = args.database_url
-        if server_dsn is None:
-            embedded = EmbeddedPostgres(Path(tmp))
-            server_dsn = await embedded.start()
-        try:
-            # The service goes first so the raw baseline gets the warmed-up server.
-            service_dsn = await fresh_database(server_dsn, "bench_service")
-            async with service_process(service_dsn) as target:
-                service_seconds = await service(target, batches, args.streams)
-            raw_dsn = await fresh_database(server_dsn, "bench_raw")
-            raw_seconds = await raw(raw_dsn, batches, args.streams)
-        finally:
-            if embedded is not None:
-                await embedded.stop()
+    async with postgres_server(args.database_url) as server_dsn:
+        # The service goes first so the raw baseline gets the warmed-up server.
+        service_dsn = await fresh_database(server_dsn, "bench_service")
+        async with service_process(service_dsn) as target:
+            service_seconds = await service(target, batches, args.streams)
+        raw_dsn = await fresh_database(server_dsn, "bench_raw")
+        raw_seconds = await raw(raw_dsn, batches, args.streams)
 
     raw_rate = args.events / raw_seconds
     service_rate = args.events / service_seconds
