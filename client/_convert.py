@@ -65,6 +65,20 @@ def event_to_proto(event: Event) -> pb.Event:
     return message
 
 
+def event_from_proto(message: pb.Event) -> Event:
+    """The client form of a wire event (for handing back events that were not stored)."""
+    return Event(
+        user_id=message.user_id,
+        word_count=message.word_count,
+        study_seconds=message.study_seconds,
+        occurred_at=(
+            message.occurred_at.ToDatetime(tzinfo=UTC) if message.HasField("occurred_at") else None
+        ),
+        country=message.country,
+        idempotency_key=message.idempotency_key,
+    )
+
+
 def framed_size(message: pb.Event) -> int:
     """Bytes `message` adds to a RecordEventsRequest: tag, length prefix and body."""
     size = message.ByteSize()

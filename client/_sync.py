@@ -16,6 +16,8 @@ from typing import Any, Self, TypeVar
 import grpc
 
 from daily_aggregator.client._async import AsyncClient
+from daily_aggregator.client._convert import event_from_proto, event_to_proto
+from daily_aggregator.client._errors import DailyAggregatorError
 from daily_aggregator.client._models import (
     BreakdownRow,
     Dimension,
@@ -28,6 +30,7 @@ from daily_aggregator.client._models import (
 )
 from daily_aggregator.client._retry import RetryPolicy
 from daily_aggregator.client._writer import AsyncEventWriter
+from daily_aggregator.v1 import aggregator_pb2 as pb
 
 __all__ = ["Client", "EventWriter"]
 
@@ -45,10 +48,17 @@ class _LoopThread:
         self._thread.start()
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        if threading.current_thread() is self._thread:
+        try:
+            self.check_caller()
+        except RuntimeError:
             coroutine.close()
-            raise RuntimeError("a synchronous client cannot be called from its own callbacks")
+            raise
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def check_caller(self) -> None:
+        """Refuse calls from the loop's own thread, which would wait for themselves."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("a synchronous client cannot be called from its own callbacks")
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -60,13 +70,26 @@ class EventWriter:
     """The synchronous face of `AsyncEventWriter`; get one from `Client.writer()`.
 
     Batching, rotation, retries and totals behave exactly as described for
-    `AsyncEventWriter`. Batches lingering in the background are sent by the client's thread,
-    which is also where `on_result` is called.
+    `AsyncEventWriter`. `write` hands the event to the client's thread without waiting for
+    it, so it costs about as much as appending to a list; it blocks only while `buffer`
+    events are already waiting for that thread, which keeps a fast producer in step with
+    the service. So a failure for good surfaces at the next `write`, `flush` or `close`,
+    and `unacknowledged` then also holds the events still waiting. Batches lingering in the
+    background are sent by the client's thread, which is also where `on_result` is called.
+    Several threads may write to one writer.
     """
 
-    def __init__(self, writer: AsyncEventWriter, runner: _LoopThread) -> None:
+    def __init__(self, writer: AsyncEventWriter, runner: _LoopThread, *, buffer: int) -> None:
         self._writer = writer
         self._runner = runner
+        self._buffer = buffer
+        # Guards the fields below, which the caller's threads and the loop thread share.
+        self._room = threading.Condition()
+        self._inbox: list[pb.Event] = []
+        self._failure: BaseException | None = None
+        self._left_over: list[pb.Event] = []
+        self._closed = False
+        self._drain: asyncio.Task[None] | None = None  # the loop thread's own
 
     def __enter__(self) -> Self:
         return self
@@ -87,19 +110,75 @@ class EventWriter:
     @property
     def unacknowledged(self) -> list[Event]:
         """After the writer failed for good: the events it could not get acknowledged."""
-        return self._writer.unacknowledged
+        with self._room:
+            left_over = [event_from_proto(m) for m in self._left_over]
+        return self._writer.unacknowledged + left_over
 
     def write(self, event: Event) -> None:
-        """Queue `event`, sending the batch it fills; see `AsyncEventWriter.write`."""
-        self._runner.run(self._writer.write(event))
+        """Queue `event` for the client's thread, which batches and sends it.
+
+        Raises:
+            DailyAggregatorError: The writer failed for good (see the class docstring).
+            RuntimeError: The writer is closed.
+        """
+        self._runner.check_caller()
+        message = event_to_proto(event)
+        with self._room:
+            while len(self._inbox) >= self._buffer and self._failure is None:
+                self._room.wait()
+            self._check_usable()
+            self._inbox.append(message)
+            if len(self._inbox) == 1:
+                self._runner.loop.call_soon_threadsafe(self._start_draining)
 
     def flush(self) -> None:
         """Send everything queued and complete the stream; see `AsyncEventWriter.flush`."""
-        self._runner.run(self._writer.flush())
+        with self._room:
+            self._check_usable()
+        self._runner.run(self._drained_then(self._writer.flush))
 
     def close(self) -> None:
         """Flush, then stop the writer; see `AsyncEventWriter.close`."""
-        self._runner.run(self._writer.close())
+        with self._room:
+            if self._closed:
+                return
+            self._closed = True
+        self._runner.run(self._drained_then(self._writer.close))
+
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._closed:
+            raise RuntimeError("the writer is closed")
+
+    def _start_draining(self) -> None:
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.create_task(self._hand_over())
+
+    async def _hand_over(self) -> None:
+        """Feed the inbox to the async writer until it stays empty or the writer fails."""
+        while True:
+            with self._room:
+                events, self._inbox = self._inbox, []
+                self._room.notify_all()
+            if not events:
+                return
+            for i, message in enumerate(events):
+                try:
+                    await self._writer._write_message(message)
+                except DailyAggregatorError as exc:
+                    with self._room:
+                        self._failure = exc
+                        self._left_over += events[i + 1 :] + self._inbox
+                        self._inbox = []
+                        self._room.notify_all()
+                    return
+
+    async def _drained_then(self, finish: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._start_draining()
+        assert self._drain is not None
+        await self._drain
+        await finish()
 
 
 class Client:
@@ -268,4 +347,4 @@ class Client:
                 on_result=on_result,
             )
 
-        return EventWriter(self._runner.run(create()), self._runner)
+        return EventWriter(self._runner.run(create()), self._runner, buffer=max_batch_events)

@@ -8,13 +8,17 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC
 from types import TracebackType
 from typing import Any, Self
 
 import grpc
 
-from daily_aggregator.client._convert import event_to_proto, framed_size, record_result
+from daily_aggregator.client._convert import (
+    event_from_proto,
+    event_to_proto,
+    framed_size,
+    record_result,
+)
 from daily_aggregator.client._errors import DailyAggregatorError, from_rpc_error
 from daily_aggregator.client._models import Event, EventError, RecordResult
 from daily_aggregator.client._retry import STREAM_RETRYABLE, RetryPolicy
@@ -38,19 +42,6 @@ class _Stream:
     batches: list[pb.RecordEventsRequest] = field(default_factory=list)
     events: int = 0
     attempts: int = 1
-
-
-def _event_from_proto(message: pb.Event) -> Event:
-    return Event(
-        user_id=message.user_id,
-        word_count=message.word_count,
-        study_seconds=message.study_seconds,
-        occurred_at=(
-            message.occurred_at.ToDatetime(tzinfo=UTC) if message.HasField("occurred_at") else None
-        ),
-        country=message.country,
-        idempotency_key=message.idempotency_key,
-    )
 
 
 async def _failure_of(call: Any, exc: Exception) -> grpc.RpcError:
@@ -184,7 +175,10 @@ class AsyncEventWriter:
             RuntimeError: The writer is closed.
         """
         self._check_usable()
-        message = event_to_proto(event)
+        await self._write_message(event_to_proto(event))
+
+    async def _write_message(self, message: pb.Event) -> None:
+        """`write` for an event already in its wire form."""
         size = framed_size(message)
         async with self._lock:
             self._check_usable()
@@ -192,7 +186,7 @@ class AsyncEventWriter:
                 try:
                     await self._send_pending()
                 except DailyAggregatorError:
-                    self._unacknowledged.append(event)
+                    self._unacknowledged.append(event_from_proto(message))
                     raise
             self._pending.append(message)
             self._pending_bytes += size
@@ -348,8 +342,8 @@ class AsyncEventWriter:
         self._end_stream()
         self._failure = error
         self._unacknowledged = [
-            _event_from_proto(e) for batch in stream.batches for e in batch.events
-        ] + [_event_from_proto(e) for e in self._pending]
+            event_from_proto(e) for batch in stream.batches for e in batch.events
+        ] + [event_from_proto(e) for e in self._pending]
         self._pending = []
         self._pending_bytes = 0
         self._cancel_timer(self._linger_task)

@@ -210,6 +210,35 @@ async def test_an_unreachable_server_is_unavailable_after_the_retries() -> None:
         assert writer.totals == RecordResult()
 
 
+async def test_sync_writer_hands_back_every_event_it_accepted_but_could_not_send() -> None:
+    policy = RetryPolicy(max_attempts=2, initial_backoff=0.01)
+    batch = events(50)
+    accepted: list[Event] = []
+
+    def use() -> tuple[list[Event], RecordResult]:
+        with Client(f"127.0.0.1:{free_port()}", retry=policy, timeout=5) as client:
+            writer = client.writer(max_batch_events=5)
+
+            def write_all() -> None:
+                for event in batch:
+                    writer.write(event)
+                    accepted.append(event)
+                writer.flush()
+
+            with pytest.raises(UnavailableError):
+                write_all()
+            with pytest.raises(UnavailableError):
+                writer.write(batch[0])
+            with pytest.raises(UnavailableError):
+                writer.close()
+            return writer.unacknowledged, writer.totals
+
+    unacknowledged, totals = await asyncio.to_thread(use)
+    assert accepted
+    assert unacknowledged == accepted
+    assert totals == RecordResult()
+
+
 @asynccontextmanager
 async def recording_server(fail_first: int) -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
     """A real gRPC server whose Summary records each call's metadata and fails the first calls."""
