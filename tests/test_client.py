@@ -240,14 +240,17 @@ async def test_sync_writer_hands_back_every_event_it_accepted_but_could_not_send
 
 
 @asynccontextmanager
-async def recording_server(fail_first: int) -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
-    """A real gRPC server whose Summary records each call's metadata and fails the first calls."""
+async def recording_server(
+    *failures: grpc.StatusCode,
+) -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
+    """A real gRPC server whose Summary records each call's metadata and fails the first
+    calls with `failures`, in order."""
     calls: list[dict[str, str]] = []
 
     async def summary(request: pb.SummaryRequest, context: grpc.aio.ServicerContext) -> object:
         calls.append({m.key: m.value for m in context.invocation_metadata() or ()})
-        if len(calls) <= fail_first:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "try again")
+        if len(calls) <= len(failures):
+            await context.abort(failures[len(calls) - 1], "try again")
         return pb.SummaryResponse(time_zone=request.time_zone)
 
     handler = grpc.method_handlers_generic_handler(
@@ -270,15 +273,23 @@ async def recording_server(fail_first: int) -> AsyncIterator[tuple[str, list[dic
         await server.stop(None)
 
 
-async def test_the_token_is_sent_as_bearer_metadata_and_queries_retry_unavailable() -> None:
+async def test_the_token_is_sent_as_bearer_metadata_and_queries_retry_what_is_transient() -> None:
     policy = RetryPolicy(initial_backoff=0.01)
-    async with recording_server(fail_first=2) as (address, calls):
+    transient = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    async with recording_server(*transient) as (address, calls):
         async with AsyncClient(address, token="s3cret", retry=policy) as client:
             result = await client.summary(START, END, time_zone="Asia/Tokyo")
         assert result.time_zone == "Asia/Tokyo"
         assert [c.get("authorization") for c in calls] == ["Bearer s3cret"] * 3
 
-    async with recording_server(fail_first=0) as (address, calls):
+    async with recording_server(grpc.StatusCode.INTERNAL) as (address, calls):
+        async with AsyncClient(address, retry=policy) as client:
+            with pytest.raises(DailyAggregatorError) as failed:
+                await client.summary(START, END)
+        assert failed.value.code == grpc.StatusCode.INTERNAL
+        assert len(calls) == 1
+
+    async with recording_server() as (address, calls):
 
         def use() -> None:
             with Client(address, token="other") as client:
