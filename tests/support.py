@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from google.protobuf import timestamp_pb2
 
@@ -48,3 +53,36 @@ async def record(
     requests = [pb.RecordEventsRequest(events=list(batch)) for batch in batches]
     response: pb.RecordEventsResponse = await stub.RecordEvents(iter(requests))
     return response
+
+
+COMMAND = str(Path(sys.executable).parent / "daily-aggregator")
+"""The console script as installed."""
+
+
+@dataclass
+class Run:
+    """What a command-line run left: its exit code and its output."""
+
+    code: int
+    out: str
+    err: str
+
+
+async def cli(*args: str, stdin: bytes | None = None, env: Mapping[str, str] | None = None) -> Run:
+    """Run `daily-aggregator ARGS` without blocking the event loop the test server runs in.
+
+    The command sees none of the caller's DAILY_AGGREGATOR_* variables, only those in `env`.
+    """
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("DAILY_AGGREGATOR_")}
+    process = await asyncio.create_subprocess_exec(
+        COMMAND,
+        *args,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**inherited, "NO_COLOR": "1", **(env or {})},
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin), 180)
+    run = Run(process.returncode or 0, out.decode(), err.decode())
+    assert "Traceback" not in run.err, run.err
+    return run

@@ -2,48 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import socket
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from daily_aggregator.server.app import RunningServer
-
-COMMAND = str(Path(sys.executable).parent / "daily-aggregator")
+from tests.support import Run, cli
 
 U1 = "11111111-1111-4111-8111-111111111111"
 U2 = "22222222-2222-4222-8222-222222222222"
 U3 = "33333333-3333-4333-8333-333333333333"
 KEY = "0b9e8c1d-2a3f-4e5d-8c7b-6a5f4e3d2c1b"
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-async def cli(*args: str, stdin: bytes | None = None) -> Run:
-    """Run `daily-aggregator ARGS` without blocking the event loop the test server runs in."""
-    process = await asyncio.create_subprocess_exec(
-        COMMAND,
-        *args,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "NO_COLOR": "1"},
-    )
-    out, err = await asyncio.wait_for(process.communicate(stdin), 180)
-    run = Run(process.returncode or 0, out.decode(), err.decode())
-    assert "Traceback" not in run.err, run.err
-    return run
 
 
 @pytest.fixture
