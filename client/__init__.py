@@ -13,6 +13,7 @@ from daily_aggregator.client._errors import (
     FieldViolation,
     InvalidArgumentError,
     ResourceExhaustedError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from daily_aggregator.client._models import (
@@ -54,6 +55,7 @@ __all__ = [
     "SummaryBucket",
     "SummaryResult",
     "SummaryTotals",
+    "UnauthenticatedError",
     "UnavailableError",
     "UniquesBucket",
     "UniquesResult",

@@ -6,9 +6,10 @@
           ├── UnavailableError         UNAVAILABLE: the service or its database cannot be reached,
           │                            or the connection was lost mid-call (safe to retry)
           ├── DeadlineExceededError    DEADLINE_EXCEEDED: the call outlived its timeout
-          └── ResourceExhaustedError   RESOURCE_EXHAUSTED: a stream message was over the size limit
+          ├── ResourceExhaustedError   RESOURCE_EXHAUSTED: a stream message was over the size limit
+          └── UnauthenticatedError     UNAUTHENTICATED: no token, or one the service does not accept
 
-Every other status code (INTERNAL, UNAUTHENTICATED, CANCELLED, ...) is raised as
+Every other status code (INTERNAL, CANCELLED, ...) is raised as
 `DailyAggregatorError` itself. Every `grpc.RpcError` that leaves the client has been
 turned into one of these with `raise ... from exc`, so the original stays in `__cause__`.
 """
@@ -28,6 +29,7 @@ __all__ = [
     "FieldViolation",
     "InvalidArgumentError",
     "ResourceExhaustedError",
+    "UnauthenticatedError",
     "UnavailableError",
     "from_rpc_error",
 ]
@@ -88,11 +90,16 @@ class ResourceExhaustedError(DailyAggregatorError):
     """RESOURCE_EXHAUSTED: a stream message exceeded the server's message size limit."""
 
 
+class UnauthenticatedError(DailyAggregatorError):
+    """UNAUTHENTICATED: the service requires a bearer token and got none it accepts."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[DailyAggregatorError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
 }
 
 # gRPC reports a connection that dies mid-call, or a message it could not send on a stream

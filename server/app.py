@@ -8,12 +8,14 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from daily_aggregator.server.auth import BearerTokenInterceptor, read_tokens
 from daily_aggregator.server.config import Settings
 from daily_aggregator.server.database import (
     CONNECTION_ERRORS,
@@ -52,13 +54,26 @@ class RunningServer:
 async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
     """Start AggregatorService with health checking and reflection on `settings.listen`.
 
-    Bind port 0 to get a free port; the bound port is returned.
+    Bind port 0 to get a free port; the bound port is returned. With `settings.tokens_file`
+    every AggregatorService call needs one of its bearer tokens; with `settings.tls_cert`
+    the port speaks TLS.
+
+    Raises:
+        StartupError: the address is taken, or the tokens or TLS files cannot be used.
     """
+    interceptors = []
+    if settings.tokens_file is not None:
+        try:
+            tokens = read_tokens(settings.tokens_file)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"cannot use the tokens file: {exc}") from exc
+        interceptors.append(BearerTokenInterceptor(tokens, prefix=f"/{SERVICE_NAME}/"))
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     zones = await TimeZones.load(pool)
     aggregator_pb2_grpc.add_AggregatorServiceServicer_to_server(
@@ -69,8 +84,14 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
     reflection.enable_server_reflection(
         [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
+    credentials = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        credentials = _tls_credentials(settings.tls_cert, settings.tls_key)
     try:
-        port = server.add_insecure_port(settings.listen)
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, credentials)
     except RuntimeError as exc:  # grpc's way of saying the address is taken or invalid
         raise StartupError(
             f"cannot listen on {settings.listen}: address in use or invalid"
@@ -79,6 +100,15 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server, port, health_servicer)
+
+
+def _tls_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
+    try:
+        chain = cert.read_bytes()
+        private_key = key.read_bytes()
+    except OSError as exc:
+        raise StartupError(f"cannot read the TLS files: {exc}") from exc
+    return grpc.ssl_server_credentials([(private_key, chain)])
 
 
 @contextlib.asynccontextmanager

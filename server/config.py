@@ -50,6 +50,15 @@ class Settings:
     pool_max_size: int = 10
     """Most connections the pool opens; also the most batches committing at once."""
 
+    tokens_file: Path | None = None
+    """File of accepted bearer tokens, one per line. None serves AggregatorService to anyone."""
+
+    tls_cert: Path | None = None
+    """PEM certificate chain for TLS; with `tls_key`. None serves plaintext."""
+
+    tls_key: Path | None = None
+    """PEM private key of `tls_cert`."""
+
     @classmethod
     def from_args(
         cls, argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ
@@ -96,9 +105,31 @@ class Settings:
             default=float(env.get("DAILY_AGGREGATOR_DATABASE_PATIENCE", 60.0)),
             help="at start-up, seconds to keep trying to reach PostgreSQL (default 60)",
         )
+        parser.add_argument(
+            "--tokens-file",
+            type=Path,
+            default=_path(env, "DAILY_AGGREGATOR_TOKENS_FILE"),
+            help="require a bearer token from this file (one per line) on every "
+            "AggregatorService call (env DAILY_AGGREGATOR_TOKENS_FILE); health and "
+            "reflection stay open",
+        )
+        parser.add_argument(
+            "--tls-cert",
+            type=Path,
+            default=_path(env, "DAILY_AGGREGATOR_TLS_CERT"),
+            help="serve TLS with this PEM certificate chain (env DAILY_AGGREGATOR_TLS_CERT)",
+        )
+        parser.add_argument(
+            "--tls-key",
+            type=Path,
+            default=_path(env, "DAILY_AGGREGATOR_TLS_KEY"),
+            help="the PEM private key of --tls-cert (env DAILY_AGGREGATOR_TLS_KEY)",
+        )
         args = parser.parse_args(argv)
         if args.max_message_bytes < 1024:
             parser.error("--max-message-bytes must be at least 1024")
+        if (args.tls_cert is None) != (args.tls_key is None):
+            parser.error("--tls-cert and --tls-key go together")
         return cls(
             listen=args.listen,
             database_url=args.database_url,
@@ -106,4 +137,12 @@ class Settings:
             max_message_bytes=args.max_message_bytes,
             grace_seconds=args.grace_seconds,
             database_patience=args.database_patience,
+            tokens_file=args.tokens_file,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
         )
+
+
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    value = env.get(name)
+    return Path(value) if value else None

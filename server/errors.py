@@ -4,8 +4,10 @@
     database unreachable,
     shutting down, deadlock  -> UNAVAILABLE (safe to retry)
     anything else            -> INTERNAL (logged with its traceback)
+    no accepted bearer token -> UNAUTHENTICATED (decided by server/auth.py, before the handler)
 
-Handlers raise; `grpc_errors` wraps each handler and answers with the status.
+Handlers raise; `grpc_errors` wraps each handler and answers with the status. Interceptors
+that turn a call away answer with `refusing`.
 """
 
 from __future__ import annotations
@@ -94,3 +96,24 @@ def grpc_errors(
         raise AssertionError("unreachable: abort raises")
 
     return wrapper
+
+
+def refusing(
+    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str
+) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that answers every call with `code`."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, details)
+
+    codecs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(refuse, **codecs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(refuse, **codecs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(refuse, **codecs)
+    return grpc.stream_stream_rpc_method_handler(refuse, **codecs)

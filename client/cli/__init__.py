@@ -5,7 +5,8 @@ imports `rich`. Exit codes:
 
     0  everything done (ingest: every event was stored or was already stored)
     1  partly done (ingest: some lines were bad, rejected or conflicting) or a service failure
-    2  usage error: a bad flag, a missing file, or a request the service refused
+    2  usage error: a bad flag, a missing file, a request the service refused, or a
+       missing or refused token
     3  the service cannot be reached
 """
 
@@ -24,6 +25,7 @@ from daily_aggregator.client import (
     DeadlineExceededError,
     Granularity,
     InvalidArgumentError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from daily_aggregator.client.cli._common import (
@@ -66,6 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidArgumentError as exc:
         reasons = [f"{v.field}: {v.description}" for v in exc.field_violations] or [exc.message]
         fail(f"daily-aggregator {parsed.command}: refused: {'; '.join(reasons)}")
+        return EXIT_USAGE
+    except UnauthenticatedError as exc:
+        fail(
+            f"daily-aggregator {parsed.command}: not authenticated: {first_line(exc.message)} "
+            "(pass --token or set DAILY_AGGREGATOR_TOKEN)"
+        )
         return EXIT_USAGE
     except (UnavailableError, DeadlineExceededError) as exc:
         fail(f"cannot reach Daily Aggregator at {target}: {first_line(exc.message)}")
@@ -127,6 +135,19 @@ def _parser() -> argparse.ArgumentParser:
         "--token",
         default=os.environ.get("DAILY_AGGREGATOR_TOKEN") or None,
         help="bearer token sent with every call (env DAILY_AGGREGATOR_TOKEN)",
+    )
+    connection.add_argument(
+        "--tls",
+        action="store_true",
+        default=bool(os.environ.get("DAILY_AGGREGATOR_TLS")),
+        help="connect with TLS, trusting the system's root certificates (env DAILY_AGGREGATOR_TLS)",
+    )
+    connection.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        default=os.environ.get("DAILY_AGGREGATOR_TLS_CA") or None,
+        help="connect with TLS, trusting the PEM certificates in FILE "
+        "(env DAILY_AGGREGATOR_TLS_CA)",
     )
 
     ingest = commands.add_parser(

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+import grpc
 
 from daily_aggregator.client import (
     Client,
@@ -32,8 +35,21 @@ class UsageError(Exception):
     """A mistake in what the user asked for; reported in one line, exit code 2."""
 
 
+def credentials_for(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS credentials from --tls/--tls-ca; None for a plaintext channel."""
+    if args.tls_ca is not None:
+        try:
+            roots = Path(args.tls_ca).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"--tls-ca {args.tls_ca}: {exc.strerror or exc}") from None
+        return grpc.ssl_channel_credentials(root_certificates=roots)
+    if args.tls:
+        return grpc.ssl_channel_credentials()
+    return None
+
+
 def client_for(args: argparse.Namespace) -> Client:
-    return Client(args.target, token=args.token)
+    return Client(args.target, token=args.token, credentials=credentials_for(args))
 
 
 def fail(message: str) -> None:

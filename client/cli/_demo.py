@@ -17,13 +17,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import NoReturn
 
+import grpc
+
 from daily_aggregator.client import (
     Dimension,
     Event,
     Granularity,
     Metric,
 )
-from daily_aggregator.client.cli._common import EXIT_OK, EXIT_PARTIAL, UsageError, client_for, fail
+from daily_aggregator.client.cli._common import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    UsageError,
+    client_for,
+    credentials_for,
+    fail,
+)
 from daily_aggregator.client.cli._ingest import progress_bar
 from daily_aggregator.client.cli._reports import print_breakdown, print_summary, print_uniques
 
@@ -90,12 +99,18 @@ def _generate(count: int, users: int, rng: random.Random, now: datetime) -> _Dem
     return _DemoData(events, first, learners)
 
 
-def _health(target: str, timeout: float) -> str | None:
+def _health(
+    target: str, timeout: float, credentials: grpc.ChannelCredentials | None = None
+) -> str | None:
     """The health status name of the service at `target`, or None when nothing answers."""
-    import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    channel = grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)])
+    options = [("grpc.enable_http_proxy", 0)]
+    channel = (
+        grpc.insecure_channel(target, options=options)
+        if credentials is None
+        else grpc.secure_channel(target, credentials, options=options)
+    )
     try:
         reply = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=""), timeout=timeout
@@ -177,7 +192,10 @@ def demo_command(args: argparse.Namespace) -> int:
     if users < 1:
         raise UsageError("--users must be at least 1")
     service: _Service | None = None
-    if _health(args.target, 2.0) is None:
+    credentials = credentials_for(args)
+    if _health(args.target, 2.0, credentials) is None:
+        if credentials is not None:
+            raise UsageError(f"nothing answers at {args.target} over TLS")
         service = _Service(args.target, args.data_dir)
         fail(
             f"nothing answers at {args.target}: starting `daily-aggregator serve` there "

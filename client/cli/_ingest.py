@@ -26,7 +26,13 @@ from daily_aggregator.client import (
     Event,
     RecordResult,
 )
-from daily_aggregator.client.cli._common import EXIT_OK, EXIT_PARTIAL, UsageError, fail
+from daily_aggregator.client.cli._common import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    UsageError,
+    credentials_for,
+    fail,
+)
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 INGEST_NAMESPACE = uuid.UUID("5b0f6a52-3c1e-5d8a-9a47-6f2d1e0c7b91")
@@ -292,7 +298,8 @@ async def _stream_sources(
 
     threading.Thread(target=read, name="daily-aggregator-ingest", daemon=True).start()
     try:
-        async with AsyncClient(args.target, token=args.token) as client:
+        credentials = credentials_for(args)
+        async with AsyncClient(args.target, token=args.token, credentials=credentials) as client:
             async with client.writer() as writer:
                 while (chunk := await chunks.get()) is not None:
                     if isinstance(chunk, BaseException):
