@@ -55,6 +55,10 @@ async def test_graceful_stop_lets_a_stream_in_flight_finish(
 ) -> None:
     call = stub.RecordEvents()
     await call.write(pb.RecordEventsRequest(events=[event() for _ in range(10)]))
+    # The stop must find the stream in flight, not still on its way to the server.
+    async with asyncio.timeout(30):
+        while await pool.fetchval("SELECT count(*) FROM events") < 10:
+            await asyncio.sleep(0.02)
     stopping = asyncio.create_task(server.stop(60))
     await asyncio.sleep(0.3)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as late:
