@@ -133,6 +133,7 @@ class EmbeddedPostgres:
         self.pgdata = self.data_dir / "pgdata"
         self.log_path = self.data_dir / "postgres.log"
         self._process: asyncio.subprocess.Process | None = None
+        self._stopping: asyncio.Future[None] | None = None
         self._socket_dir: Path | None = None
         self._socket_dir_is_temporary = False
 
@@ -169,6 +170,8 @@ class EmbeddedPostgres:
                 server, or PostgreSQL failed to initialise or to start; the message
                 then ends with the tail of the PostgreSQL log.
         """
+        if self._stopping is not None:
+            await asyncio.shield(self._stopping)
         if self._process is not None:
             return self.dsn
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -191,15 +194,24 @@ class EmbeddedPostgres:
 
         Fast shutdown: open sessions are ended, committed data is kept. A server
         that has not exited after 30 seconds gets SIGQUIT, then SIGKILL (after
-        which PostgreSQL recovers from its WAL on the next start).
+        which PostgreSQL recovers from its WAL on the next start). Cancelling the
+        caller does not cut the shutdown short: it runs to its end, and a later
+        `start` or `stop` waits for it.
         """
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._shut_down())
+        await asyncio.shield(self._stopping)
+
+    async def _shut_down(self) -> None:
         process = self._process
-        if process is not None:
+        try:
             for signum, timeout in (
                 (signal.SIGINT, _STOP_TIMEOUT),
                 (signal.SIGQUIT, _STRAY_TIMEOUT),
                 (signal.SIGKILL, None),
             ):
+                if process is None:
+                    break
                 if process.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
                         process.send_signal(signum)
@@ -208,10 +220,12 @@ class EmbeddedPostgres:
                     break
                 except TimeoutError:
                     _log.warning("PostgreSQL pid %d ignored %s", process.pid, signum.name)
-        if self._socket_dir is not None and self._socket_dir_is_temporary:
-            shutil.rmtree(self._socket_dir, ignore_errors=True)
-        self._process = None
-        self._socket_dir = None
+            if self._socket_dir is not None and self._socket_dir_is_temporary:
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._process = None
+            self._socket_dir = None
+        finally:
+            self._stopping = None
 
     async def __aenter__(self) -> Self:
         """Start the server (see `start`)."""

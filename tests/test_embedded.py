@@ -174,6 +174,31 @@ async def test_data_survives_a_restart(installation: Installation, tmp_path: Pat
         assert await notes(postgres.dsn) == ["kept"]
 
 
+async def test_a_cancelled_stop_still_stops_and_a_later_start_waits_for_it(
+    installation: Installation, tmp_path: Path
+) -> None:
+    postgres = EmbeddedPostgres(tmp_path / "data", bin_dir=installation.bin_dir)
+    await postgres.start()
+    await add_note(postgres.dsn, "kept")
+    first_pid = postgres.pid
+    assert first_pid is not None
+
+    stopping = asyncio.create_task(postgres.stop())
+    await asyncio.sleep(0.01)  # the shutdown has begun
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    assert await exits_within(first_pid, 30)
+
+    dsn = await postgres.start()
+    try:
+        assert postgres.pid not in (None, first_pid)
+        assert await notes(dsn) == ["kept"]
+    finally:
+        await postgres.stop()
+    assert postgres.pid is None
+
+
 async def test_two_servers_run_side_by_side(installation: Installation, tmp_path: Path) -> None:
     first = EmbeddedPostgres(tmp_path / "first", bin_dir=installation.bin_dir)
     second = EmbeddedPostgres(tmp_path / "second", bin_dir=installation.bin_dir)
