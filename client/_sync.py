@@ -70,14 +70,13 @@ class EventWriter:
     """The synchronous face of `AsyncEventWriter`; get one from `Client.writer()`.
 
     Batching, rotation, retries and totals behave exactly as described for
-    `AsyncEventWriter`. `write` hands the event to the client's thread without waiting for
-    it, so it costs about as much as appending to a list; it blocks only while a batch's
-    worth of events (`max_batch_events`) is already waiting for that thread, which keeps a
-    fast producer in step with the service. So a failure for good surfaces at the next
-    `write`, `flush` or `close`, and `unacknowledged` then also holds the events still
-    waiting. Batches lingering in the background are sent by the client's thread, which is
-    also where `on_result` is called.
-    Several threads may write to one writer.
+    `AsyncEventWriter`. `write` converts the event to its wire form and hands it to the
+    client's thread without waiting; it blocks only while a batch's worth of events
+    (`max_batch_events`) is already waiting for that thread, which keeps a fast producer in
+    step with the service. So a failure for good surfaces at the next `write`, `flush` or
+    `close`, and `unacknowledged` then also holds the events still waiting. Batches
+    lingering in the background are sent by the client's thread, which is also where
+    `on_result` is called. Several threads may write to one writer.
     """
 
     def __init__(self, writer: AsyncEventWriter, runner: _LoopThread, *, buffer: int) -> None:
