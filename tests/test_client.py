@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -208,6 +209,31 @@ async def test_an_unreachable_server_is_unavailable_after_the_retries() -> None:
         with pytest.raises(UnavailableError):
             await writer.write(batch[2])
         assert writer.totals == RecordResult()
+
+
+async def test_sync_writer_takes_events_from_several_threads(
+    server: RunningServer, pool: asyncpg.Pool
+) -> None:
+    feeds = [events(500) for _ in range(4)]
+
+    def use() -> RecordResult:
+        with Client(target(server)) as client:
+            with client.writer(max_batch_events=50) as writer:
+
+                def produce(feed: list[Event]) -> None:
+                    for event in feed:
+                        writer.write(event)
+
+                threads = [threading.Thread(target=produce, args=(feed,)) for feed in feeds]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+            return writer.totals
+
+    totals = await asyncio.to_thread(use)
+    assert (totals.received, totals.inserted) == (2000, 2000)
+    assert await count(pool) == 2000
 
 
 async def test_sync_writer_hands_back_every_event_it_accepted_but_could_not_send() -> None:
