@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from daily_aggregator.server.access_log import AccessLogInterceptor
 from daily_aggregator.server.auth import BearerTokenInterceptor, read_tokens
 from daily_aggregator.server.config import Settings
 from daily_aggregator.server.database import (
@@ -61,13 +62,14 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
     Raises:
         StartupError: the address is taken, or the tokens or TLS files cannot be used.
     """
-    interceptors = []
+    prefix = f"/{SERVICE_NAME}/"
+    interceptors: list[grpc.aio.ServerInterceptor] = [AccessLogInterceptor(prefix)]
     if settings.tokens_file is not None:
         try:
             tokens = read_tokens(settings.tokens_file)
         except (OSError, ValueError) as exc:
             raise StartupError(f"cannot use the tokens file: {exc}") from exc
-        interceptors.append(BearerTokenInterceptor(tokens, prefix=f"/{SERVICE_NAME}/"))
+        interceptors.append(BearerTokenInterceptor(tokens, prefix=prefix))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
 
 from daily_aggregator.server.errors import refusing
+from daily_aggregator.server.interception import ServiceInterceptor
 
 __all__ = ["BearerTokenInterceptor", "read_tokens"]
 
@@ -27,7 +28,7 @@ def read_tokens(path: Path) -> list[str]:
     return tokens
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+class BearerTokenInterceptor(ServiceInterceptor):
     """Turns away calls to methods under `prefix` that carry no accepted bearer token.
 
     A call must send the metadata ``authorization: Bearer <token>`` (the scheme in any
@@ -37,18 +38,13 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc] 
     """
 
     def __init__(self, tokens: Sequence[str], prefix: str) -> None:
+        super().__init__(prefix)
         self._tokens = [token.encode() for token in tokens]
-        self._prefix = prefix
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+    def intercept(
+        self, method: str, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or not handler_call_details.method.startswith(self._prefix):
-            return handler
-        problem = self._problem(handler_call_details.invocation_metadata or ())
+        problem = self._problem(details.invocation_metadata or ())
         if problem is None:
             return handler
         return refusing(handler, grpc.StatusCode.UNAUTHENTICATED, problem)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
@@ -49,6 +50,10 @@ class Settings:
 
     pool_max_size: int = 10
     """Most connections the pool opens; also the most batches committing at once."""
+
+    log_level: str = "info"
+    """Lowest level logged: debug, info (start-up, shutdown and one line per call), warning
+    or error."""
 
     tokens_file: Path | None = None
     """File of accepted bearer tokens, one per line. None serves AggregatorService to anyone."""
@@ -106,6 +111,13 @@ class Settings:
             help="at start-up, seconds to keep trying to reach PostgreSQL (default 60)",
         )
         parser.add_argument(
+            "--log-level",
+            choices=LOG_LEVELS,
+            default=env.get("DAILY_AGGREGATOR_LOG_LEVEL", "info").lower(),
+            help="lowest level logged; info includes one line per call "
+            "(env DAILY_AGGREGATOR_LOG_LEVEL; default info)",
+        )
+        parser.add_argument(
             "--tokens-file",
             type=Path,
             default=_path(env, "DAILY_AGGREGATOR_TOKENS_FILE"),
@@ -128,6 +140,8 @@ class Settings:
         args = parser.parse_args(argv)
         if args.max_message_bytes < 1024:
             parser.error("--max-message-bytes must be at least 1024")
+        if args.log_level not in LOG_LEVELS:
+            parser.error(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
         if (args.tls_cert is None) != (args.tls_key is None):
             parser.error("--tls-cert and --tls-key go together")
         return cls(
@@ -137,6 +151,7 @@ class Settings:
             max_message_bytes=args.max_message_bytes,
             grace_seconds=args.grace_seconds,
             database_patience=args.database_patience,
+            log_level=args.log_level,
             tokens_file=args.tokens_file,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,

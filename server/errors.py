@@ -24,6 +24,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from daily_aggregator.server.database import UNAVAILABLE_ERRORS
+from daily_aggregator.server.interception import with_behavior
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +107,4 @@ def refusing(
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(code, details)
 
-    codecs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(refuse, **codecs)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(refuse, **codecs)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(refuse, **codecs)
-    return grpc.stream_stream_rpc_method_handler(refuse, **codecs)
+    return with_behavior(handler, lambda _: refuse)

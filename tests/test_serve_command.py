@@ -106,6 +106,33 @@ async def test_sigterm_lets_a_stream_in_flight_finish_then_exits_zero(database_u
             response = await call
         assert (response.received, response.inserted) == (20, 20)
         assert await asyncio.wait_for(service.process.wait(), 30) == 0
+    assert re.search(
+        rb"daily_aggregator.access: RecordEvents \S+ OK [\d.]+ ms received=20 inserted=20 ",
+        service.log,
+    )
+
+
+async def test_log_level_warning_leaves_a_healthy_service_silent(database_url: str) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    process = await asyncio.create_subprocess_exec(
+        COMMAND, "serve", "--listen", address, "--database-url", database_url,
+        "--log-level", "warning", stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            await asyncio.wait_for(channel.channel_ready(), 60)
+            stub = aggregator_pb2_grpc.AggregatorServiceStub(channel)
+            assert (await record(stub, [[event()]])).inserted == 1
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0
+    assert stderr == b""
 
 
 async def test_embedded_database_keeps_data_across_restarts_and_stops_with_the_service(

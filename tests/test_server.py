@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -31,6 +33,26 @@ async def test_health_reports_serving_for_the_server_and_the_service(
     for name in ("", SERVICE_NAME):
         response = await health.Check(health_pb2.HealthCheckRequest(service=name))
         assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_each_finished_call_is_one_access_log_line(
+    channel: grpc.aio.Channel, stub: Stub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="daily_aggregator.access")
+    await record(stub, [[event(), event()], [event(words=2_000_000)]])
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.Uniques(pb.UniquesRequest())
+    await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "daily_aggregator.access"]
+    assert len(lines) == 2, lines
+    peer = r"ipv[46]:\S+"
+    assert re.fullmatch(
+        rf"RecordEvents {peer} OK \d+\.\d ms received=3 inserted=2 duplicates=0 conflicts=0 "
+        r"rejected=1",
+        lines[0],
+    )
+    assert re.fullmatch(rf"Uniques {peer} INVALID_ARGUMENT \d+\.\d ms", lines[1])
 
 
 async def test_reflection_lists_and_describes_the_service(channel: grpc.aio.Channel) -> None:

@@ -100,7 +100,7 @@ def serve_command(argv: Sequence[str]) -> int:
 
     settings = Settings.from_args(argv)
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         with contextlib.suppress(KeyboardInterrupt):

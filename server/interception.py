@@ -1,0 +1,54 @@
+"""What the server's interceptors share: the calls they apply to, and rebuilt handlers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+__all__ = ["Behavior", "ServiceInterceptor", "with_behavior"]
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+"""What a method handler runs: (request or request iterator, context) -> response."""
+
+
+def with_behavior(
+    handler: grpc.RpcMethodHandler, wrap: Callable[[Behavior], Behavior]
+) -> grpc.RpcMethodHandler:
+    """A handler of the same kind and codecs as `handler` that runs `wrap(its behavior)`."""
+    codecs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **codecs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **codecs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **codecs)
+    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **codecs)
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+    """An interceptor for the methods under `prefix` only; health and reflection pass by."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or not method.startswith(self._prefix):
+            return handler
+        return self.intercept(method.removeprefix(self._prefix), handler, handler_call_details)
+
+    def intercept(
+        self, method: str, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        """The handler to run for a call of `method` (its name within the service)."""
+        raise NotImplementedError
