@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,7 +32,10 @@ def with_behavior(
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
-    """An interceptor for the methods under `prefix` only; health and reflection pass by."""
+    """An interceptor for the methods under `prefix` only; health and reflection pass by.
+
+    Subclasses say what to do with those calls in `intercept`.
+    """
 
     def __init__(self, prefix: str) -> None:
         self._prefix = prefix
@@ -47,8 +51,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
             return handler
         return self.intercept(method.removeprefix(self._prefix), handler, handler_call_details)
 
+    @abc.abstractmethod
     def intercept(
         self, method: str, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         """The handler to run for a call of `method` (its name within the service)."""
-        raise NotImplementedError
