@@ -86,7 +86,7 @@ class EventWriter:
         # Guards the fields below, which the caller's threads and the loop thread share.
         self._room = threading.Condition()
         self._inbox: list[pb.Event] = []
-        self._failure: BaseException | None = None
+        self._failure: DailyAggregatorError | None = None
         self._left_over: list[pb.Event] = []
         self._closed = False
         self._drain: asyncio.Task[None] | None = None  # the loop thread's own

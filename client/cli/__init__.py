@@ -139,8 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     connection.add_argument(
         "--tls",
         action="store_true",
-        default=bool(os.environ.get("DAILY_AGGREGATOR_TLS")),
-        help="connect with TLS, trusting the system's root certificates (env DAILY_AGGREGATOR_TLS)",
+        default=os.environ.get("DAILY_AGGREGATOR_TLS", "").lower() in ("1", "true", "yes"),
+        help="connect with TLS, trusting the system's root certificates "
+        "(env DAILY_AGGREGATOR_TLS=1)",
     )
     connection.add_argument(
         "--tls-ca",
