@@ -24,7 +24,11 @@ from daily_aggregator.server.database import (
     migrate,
     wait_for_database,
 )
-from daily_aggregator.server.embedded import EmbeddedPostgres, EmbeddedPostgresError
+from daily_aggregator.server.embedded import (
+    DataDirectoryError,
+    EmbeddedPostgres,
+    EmbeddedPostgresError,
+)
 from daily_aggregator.server.service import AggregatorService
 from daily_aggregator.server.timezones import TimeZones
 from daily_aggregator.v1 import aggregator_pb2, aggregator_pb2_grpc
@@ -121,6 +125,11 @@ async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
         if dsn is None:
             try:
                 embedded = await stack.enter_async_context(EmbeddedPostgres(settings.data_dir))
+            except DataDirectoryError as exc:
+                raise StartupError(
+                    f"cannot start the embedded PostgreSQL: {exc}; choose another directory"
+                    " with --data-dir or DAILY_AGGREGATOR_DATA_DIR"
+                ) from exc
             except EmbeddedPostgresError as exc:
                 raise StartupError(f"cannot start the embedded PostgreSQL: {exc}") from exc
             dsn = embedded.dsn

@@ -50,7 +50,13 @@ from typing import Self
 
 import asyncpg
 
-__all__ = ["SERVICE_USER", "EmbeddedPostgres", "EmbeddedPostgresError", "default_bin_dir"]
+__all__ = [
+    "SERVICE_USER",
+    "DataDirectoryError",
+    "EmbeddedPostgres",
+    "EmbeddedPostgresError",
+    "default_bin_dir",
+]
 
 SERVICE_USER = "daily-aggregator"
 """System user the server runs as when the service runs as root."""
@@ -78,12 +84,19 @@ _STOP_TIMEOUT = 30.0
 _STRAY_TIMEOUT = 10.0
 _POLL_INTERVAL = 0.1
 _PR_SET_PDEATHSIG = 1
+# The kernel's flag (in /proc/PID/stat) on a process that has begun to exit.
+_PF_EXITING = 0x4
+_SIGKILL_BIT = 1 << (signal.SIGKILL - 1)
 
 _log = logging.getLogger(__name__)
 
 
 class EmbeddedPostgresError(RuntimeError):
     """The embedded PostgreSQL could not be started, or its data directory is in use."""
+
+
+class DataDirectoryError(EmbeddedPostgresError):
+    """The data directory cannot be created or written by this process."""
 
 
 def default_bin_dir() -> Path:
@@ -174,7 +187,12 @@ class EmbeddedPostgres:
             await asyncio.shield(self._stopping)
         if self._process is not None:
             return self.dsn
-        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataDirectoryError(
+                f"cannot create the data directory {self.data_dir}: {exc.strerror}"
+            ) from exc
         account = await _service_account() if os.geteuid() == 0 else None
         if account is not None:
             _open_to(account, self.data_dir, self.bin_dir)
@@ -250,7 +268,7 @@ class EmbeddedPostgres:
         pid, shmid = lock
         process = _ProcessInfo.read(pid)
         stale = False
-        if process is not None and process.state != "Z":
+        if process is not None and not process.ending:
             args = _command_line(pid)
             if _serves(pid, args, self.pgdata):
                 owner = _owner_pid(args)
@@ -278,7 +296,12 @@ class EmbeddedPostgres:
             lock_file.unlink(missing_ok=True)
 
     async def _launch(self, account: pwd.struct_passwd | None, log_offset: int) -> None:
-        log = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            log = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise DataDirectoryError(
+                f"cannot write to the data directory {self.data_dir}: {exc.strerror}"
+            ) from exc
         try:
             if account is not None:
                 os.fchown(log, account.pw_uid, account.pw_gid)
@@ -328,18 +351,21 @@ class EmbeddedPostgres:
     ) -> asyncio.subprocess.Process:
         # A session of its own keeps a terminal's Ctrl-C from reaching the server
         # before the service has drained its RPCs.
-        return await asyncio.create_subprocess_exec(
-            *args,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            cwd=self.data_dir,
-            start_new_session=True,
-            user=None if account is None else account.pw_uid,
-            group=None if account is None else account.pw_gid,
-            extra_groups=None if account is None else [],
-            preexec_fn=_interrupt_on_parent_death(os.getpid()),
-        )
+        try:
+            return await asyncio.create_subprocess_exec(
+                *args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=self.data_dir,
+                start_new_session=True,
+                user=None if account is None else account.pw_uid,
+                group=None if account is None else account.pw_gid,
+                extra_groups=None if account is None else [],
+                preexec_fn=_interrupt_on_parent_death(os.getpid()),
+            )
+        except OSError as exc:
+            raise EmbeddedPostgresError(f"cannot run {args[0]}: {exc.strerror}") from exc
 
     async def _wait_until_ready(self, log_offset: int) -> None:
         assert self._process is not None
@@ -383,6 +409,7 @@ class _ProcessInfo:
     pid: int
     state: str
     ppid: int
+    flags: int
     start_time: int
 
     @classmethod
@@ -393,7 +420,23 @@ class _ProcessInfo:
             return None
         # The command name in parentheses may itself hold spaces and parentheses.
         fields = text[text.rindex(")") + 2 :].split()
-        return cls(pid=pid, state=fields[0], ppid=int(fields[1]), start_time=int(fields[19]))
+        return cls(
+            pid=pid,
+            state=fields[0],
+            ppid=int(fields[1]),
+            flags=int(fields[6]),
+            start_time=int(fields[19]),
+        )
+
+    @property
+    def ending(self) -> bool:
+        """Whether the process has exited or is on its way out.
+
+        Right after a SIGKILL the process still runs for a while (tearing down the
+        server's shared memory takes milliseconds, longer on a busy machine) and
+        looks alive; the pending SIGKILL, then the kernel's exiting flag, tell.
+        """
+        return self.state in ("Z", "X") or bool(self.flags & _PF_EXITING) or _kill_pending(self.pid)
 
     def now(self) -> _ProcessInfo | None:
         """This process as it is now; None once reaped (its pid freed or reused)."""
@@ -402,10 +445,20 @@ class _ProcessInfo:
 
     def is_dead(self) -> bool:
         now = self.now()
-        return now is None or now.state == "Z"
+        return now is None or now.ending
 
     def is_reaped(self) -> bool:
         return self.now() is None
+
+
+def _kill_pending(pid: int) -> bool:
+    """Whether SIGKILL is pending for `pid` (for the whole process or one of its threads)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return False
+    masks = [line.split(":", 1)[1] for line in lines if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return any(int(mask, 16) & _SIGKILL_BIT for mask in masks)
 
 
 def _read_lock_file(path: Path) -> tuple[int, int | None] | None:

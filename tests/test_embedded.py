@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import json
 import os
+import pwd
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import urllib.parse
@@ -19,6 +22,8 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from daily_aggregator.server.embedded import (
+    SERVICE_USER,
+    DataDirectoryError,
     EmbeddedPostgres,
     EmbeddedPostgresError,
     default_bin_dir,
@@ -142,6 +147,28 @@ def is_running(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
+def process_state(pid: int) -> str:
+    """The state letter /proc shows for `pid`: R running, S sleeping, T stopped, Z zombie."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2]
+
+
+def signal_pending(pid: int, signum: int) -> bool:
+    """Whether `signum` has been sent to the process `pid` and waits there."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = next(line for line in status.splitlines() if line.startswith("ShdPnd:")).split()[1]
+    return bool(int(mask, 16) & (1 << (signum - 1)))
+
+
+async def holds_within(condition: Callable[[], bool], seconds: float) -> bool:
+    """Whether `condition` holds within `seconds`, polling."""
+    for _ in range(int(seconds * 100)):
+        if condition():
+            return True
+        await asyncio.sleep(0.01)
+    return condition()
+
+
 def socket_dir_exists(dsn: str) -> bool:
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(dsn).query)
     return Path(query["host"][0]).is_dir()
@@ -183,15 +210,27 @@ async def test_a_cancelled_stop_still_stops_and_a_later_start_waits_for_it(
     first_pid = postgres.pid
     assert first_pid is not None
 
-    stopping = asyncio.create_task(postgres.stop())
-    await asyncio.sleep(0.01)  # the shutdown has begun
-    stopping.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await stopping
-    assert await exits_within(first_pid, 30)
-
-    dsn = await postgres.start()
+    # Held stopped, the server cannot act on the shutdown signal, so the stop is
+    # still under way when it is cancelled, however fast the machine.
+    os.kill(first_pid, signal.SIGSTOP)
     try:
+        assert await holds_within(lambda: process_state(first_pid) == "T", 10), "not stopped"
+        stopping = asyncio.create_task(postgres.stop())
+        assert await holds_within(lambda: signal_pending(first_pid, signal.SIGINT), 10), (
+            "no shutdown began"
+        )
+        stopping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stopping
+        assert is_running(first_pid)
+        asyncio.get_running_loop().call_later(0.5, os.kill, first_pid, signal.SIGCONT)
+
+        dsn = await postgres.start()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(first_pid, signal.SIGCONT)
+    try:
+        assert not is_running(first_pid)
         assert postgres.pid not in (None, first_pid)
         assert await notes(dsn) == ["kept"]
     finally:
@@ -316,3 +355,61 @@ async def test_failed_start_reports_the_server_log(
 
     assert 'syntax error in file "' in str(failed.value)
     assert postgres.pid is None
+
+
+def server_uid() -> int:
+    """The user the embedded server runs as: this process's, or the service user's under root."""
+    return pwd.getpwnam(SERVICE_USER).pw_uid if os.geteuid() == 0 else os.geteuid()
+
+
+def real_uid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+
+
+async def test_the_data_and_the_socket_belong_to_the_server_user_alone(
+    installation: Installation, tmp_path: Path
+) -> None:
+    async with EmbeddedPostgres(tmp_path / "data", bin_dir=installation.bin_dir) as postgres:
+        assert postgres.pid is not None
+        assert real_uid(postgres.pid) == server_uid()
+        socket_dir = Path(
+            urllib.parse.parse_qs(urllib.parse.urlsplit(postgres.dsn).query)["host"][0]
+        )
+        socket = socket_dir / ".s.PGSQL.5432"
+        assert stat.S_ISSOCK(socket.stat().st_mode)
+        for path in (postgres.data_dir, postgres.pgdata, postgres.log_path, socket_dir, socket):
+            info = path.stat()
+            assert info.st_uid == server_uid(), path
+            assert stat.S_IMODE(info.st_mode) & 0o077 == 0, f"{path} is open to others"
+        await add_note(postgres.dsn, "reachable")
+        assert await notes(postgres.dsn) == ["reachable"]
+
+
+@pytest.mark.parametrize("problem", ["missing", "not executable"])
+async def test_binaries_that_cannot_run_are_one_clear_error(problem: str, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if problem == "not executable":
+        shutil.copy(default_bin_dir() / "initdb", bin_dir / "initdb")
+        (bin_dir / "initdb").chmod(0o644)
+    reason = "No such file or directory" if problem == "missing" else "Permission denied"
+
+    with pytest.raises(EmbeddedPostgresError) as failed:
+        await EmbeddedPostgres(tmp_path / "data", bin_dir=bin_dir).start()
+
+    assert str(failed.value) == f"cannot run {bin_dir / 'initdb'}: {reason}"
+
+
+async def test_a_data_dir_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
+    # Not even root can create a directory inside a regular file.
+    occupied = tmp_path / "occupied"
+    occupied.write_text("")
+
+    with pytest.raises(DataDirectoryError) as failed:
+        await EmbeddedPostgres(occupied / "data").start()
+
+    assert (
+        str(failed.value)
+        == f"cannot create the data directory {occupied / 'data'}: Not a directory"
+    )

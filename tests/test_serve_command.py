@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+import pytest
 
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
@@ -40,12 +41,34 @@ async def _drain(stream: asyncio.StreamReader, log: bytearray) -> None:
         log.extend(line)
 
 
-@asynccontextmanager
-async def serve(*args: str) -> AsyncIterator[Service]:
-    """Run `daily-aggregator serve ARGS` on a free port until the block ends."""
-    process = await asyncio.create_subprocess_exec(
-        COMMAND, "serve", "--listen", "127.0.0.1:0", *args, stderr=asyncio.subprocess.PIPE
+def environment(**overrides: str | None) -> dict[str, str]:
+    """This process's environment without DAILY_AGGREGATOR_* variables, changed by `overrides`
+    (None removes a variable)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAILY_AGGREGATOR_")}
+    for name, value in overrides.items():
+        env.pop(name, None)
+        if value is not None:
+            env[name] = value
+    return env
+
+
+async def start_serve(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    """Start `daily-aggregator serve ARGS` on a free port, its log on a pipe."""
+    return await asyncio.create_subprocess_exec(
+        COMMAND,
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        *args,
+        stderr=asyncio.subprocess.PIPE,
+        env=environment() if env is None else env,
     )
+
+
+@asynccontextmanager
+async def serve(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[Service]:
+    """Run `daily-aggregator serve ARGS` on a free port until the block ends."""
+    process = await start_serve(*args, env=env)
     assert process.stderr is not None
     log = bytearray()
     drain: asyncio.Task[None] | None = None
@@ -214,3 +237,38 @@ async def test_an_unreachable_database_is_one_line_and_exit_1(tmp_path: Path) ->
     assert process.returncode == 1
     assert "daily-aggregator serve: cannot use PostgreSQL" in stderr.decode()
     assert "Traceback" not in stderr.decode()
+
+
+@pytest.mark.parametrize("where", ["XDG_DATA_HOME", "HOME"])
+async def test_without_a_data_dir_the_data_lives_in_xdg_data_home_else_the_home(
+    where: str, tmp_path: Path
+) -> None:
+    if where == "XDG_DATA_HOME":
+        env = environment(XDG_DATA_HOME=str(tmp_path / "xdg"), HOME=str(tmp_path / "unused"))
+        data_dir = tmp_path / "xdg" / "daily-aggregator"
+    else:
+        env = environment(XDG_DATA_HOME=None, HOME=str(tmp_path / "home"))
+        data_dir = tmp_path / "home" / ".local" / "share" / "daily-aggregator"
+    async with serve(env=env) as service:
+        async with grpc.aio.insecure_channel(service.target) as channel:
+            stored = await record(aggregator_pb2_grpc.AggregatorServiceStub(channel), [[event()]])
+        service.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(service.process.wait(), 60) == 0
+    assert stored.inserted == 1
+    assert (data_dir / "pgdata" / "PG_VERSION").is_file()
+    assert f"embedded PostgreSQL running in {data_dir}".encode() in service.log
+    assert not (tmp_path / "unused").exists()
+
+
+async def test_a_home_that_cannot_be_written_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    # A regular file as the home: no user, root included, can create a directory in it.
+    home = tmp_path / "home"
+    home.write_text("")
+    process = await start_serve(env=environment(XDG_DATA_HOME=None, HOME=str(home)))
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    assert stderr.decode().splitlines() == [
+        "daily-aggregator serve: cannot start the embedded PostgreSQL: cannot create the data"
+        f" directory {home}/.local/share/daily-aggregator: Not a directory; choose another"
+        " directory with --data-dir or DAILY_AGGREGATOR_DATA_DIR"
+    ]
