@@ -29,6 +29,7 @@ from daily_aggregator.server.embedded import (
     EmbeddedPostgres,
     EmbeddedPostgresError,
 )
+from daily_aggregator.server.folding import Folder
 from daily_aggregator.server.service import AggregatorService
 from daily_aggregator.server.timezones import TimeZones
 from daily_aggregator.v1 import aggregator_pb2, aggregator_pb2_grpc
@@ -44,16 +45,22 @@ class StartupError(Exception):
 
 @dataclass
 class RunningServer:
-    """A started gRPC server, the port it is bound to, and its health service."""
+    """A started gRPC server, the port it is bound to, its health service and its folder."""
 
     server: grpc.aio.Server
     port: int
     health: health.HealthServicer
+    folder: Folder
+    folding: asyncio.Task[None]
 
     async def stop(self, grace: float | None) -> None:
-        """Report NOT_SERVING, stop accepting RPCs, and let in-flight ones finish within `grace`."""
+        """Report NOT_SERVING, stop accepting RPCs, let in-flight ones finish within `grace`,
+        then stop folding (a fold cut short rolls back and is done again later)."""
         self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        self.folding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.folding
 
 
 async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
@@ -103,9 +110,11 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
             f"cannot listen on {settings.listen}: address in use or invalid"
         ) from exc
     await server.start()
+    folder = Folder(pool, idle_seconds=settings.fold_idle_seconds)
+    folding = asyncio.create_task(folder.run(), name="folder")
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer)
+    return RunningServer(server, port, health_servicer, folder, folding)
 
 
 def _tls_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:

@@ -51,6 +51,9 @@ class Settings:
     pool_max_size: int = 10
     """Most connections the pool opens; also the most batches committing at once."""
 
+    fold_idle_seconds: float = 0.05
+    """How long the folder waits before looking again when it found little to fold."""
+
     log_level: str = "info"
     """Lowest level logged: debug, info (start-up, shutdown and one line per call), warning
     or error."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -97,3 +99,16 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
             await conn.execute(query("record_migration"), migration.version, migration.name)
             applied_now.append(migration.version)
     return applied_now
+
+
+@contextlib.asynccontextmanager
+async def snapshot(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A connection in a read-only transaction that sees one state of the whole database.
+
+    Every query inside sees the rollups and the pending log as of the same moment, so
+    each event is counted once, folded or not; every event acknowledged before the
+    block began is in that state.
+    """
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        await conn.execute(query("lock_pending_log"))
+        yield conn

@@ -28,6 +28,8 @@ class StoreOutcome:
     inserted: int
     duplicates: int
     conflicts: int
+    checked: bool = False
+    """Whether a key of the batch was stored before, so it had to be inserted key by key."""
 
 
 @dataclass
@@ -56,18 +58,29 @@ class Tally:
         self.conflicts += outcome.conflicts
 
 
-async def store(pool: asyncpg.Pool, events: ValidEvents) -> StoreOutcome:
+async def store(pool: asyncpg.Pool, events: ValidEvents, *, optimistic: bool) -> StoreOutcome:
     """Insert a batch in one statement; classify what was not inserted in a second one.
 
-    Both statements commit on their own. A deadlock between overlapping
-    concurrent batches rolls the statement back whole, so it is simply retried.
+    `optimistic` first tries the statement for keys never stored, which fails as a
+    whole when one was; the batch is then inserted with the statement that skips
+    stored keys. Both statements commit on their own. A deadlock between
+    overlapping concurrent batches rolls the statement back whole, so it is
+    simply retried.
     """
+    checked = not optimistic
     for attempt in range(1, _ATTEMPTS + 1):
         try:
             async with pool.acquire() as conn:
-                rows = await conn.fetch(query("insert_events"), *events.columns())
+                rows = None
+                if not checked:
+                    try:
+                        rows = await conn.fetch(query("insert_events"), *events.columns())
+                    except asyncpg.UniqueViolationError:
+                        checked = True
+                if rows is None:
+                    rows = await conn.fetch(query("insert_events_checked"), *events.columns())
                 if not rows:
-                    return StoreOutcome(len(events), 0, 0)
+                    return StoreOutcome(len(events), 0, 0, checked)
                 skipped = events.subset([row["position"] - 1 for row in rows])
                 compared = await conn.fetch(
                     query("compare_events"), *skipped.columns(), skipped.occurred_given
@@ -78,7 +91,7 @@ async def store(pool: asyncpg.Pool, events: ValidEvents) -> StoreOutcome:
             await asyncio.sleep(0.01 * attempt)
             continue
         duplicates = sum(1 for row in compared if row["same_payload"])
-        return StoreOutcome(len(events) - len(rows), duplicates, len(rows) - duplicates)
+        return StoreOutcome(len(events) - len(rows), duplicates, len(rows) - duplicates, checked)
     raise AssertionError("unreachable")
 
 
@@ -94,6 +107,8 @@ async def record_stream(
     """
     tally = Tally()
     storing: asyncio.Task[StoreOutcome] | None = None
+    # A stream that resends stored keys once is a resend: check its keys from then on.
+    optimistic = True
     try:
         async for request in requests:
             now_us = time.time_ns() // 1000
@@ -101,10 +116,12 @@ async def record_stream(
             tally.received += len(request.events)
             tally.reject(rejections)
             if storing is not None:
-                tally.add(await asyncio.shield(storing))
+                outcome = await asyncio.shield(storing)
+                tally.add(outcome)
+                optimistic = optimistic and not outcome.checked
                 storing = None
             if valid:
-                storing = asyncio.create_task(store(pool, valid))
+                storing = asyncio.create_task(store(pool, valid, optimistic=optimistic))
         if storing is not None:
             tally.add(await asyncio.shield(storing))
             storing = None

@@ -46,13 +46,20 @@ _METRICS = {
 
 
 @dataclass(frozen=True)
+class Countries:
+    """A question's country filters: keep only `only` (all when empty), drop `excluded`."""
+
+    only: list[str]
+    excluded: list[str]
+
+
+@dataclass(frozen=True)
 class Filter:
     """The time range and country filters every query takes."""
 
     start: datetime
     end: datetime
-    countries: list[str]
-    exclude_countries: list[str]
+    countries: Countries
 
 
 @dataclass(frozen=True)
@@ -110,8 +117,10 @@ def _filter(request: object) -> Filter:
     return Filter(
         start,
         end,
-        _countries(request.countries, "countries"),  # type: ignore[attr-defined]
-        _countries(request.exclude_countries, "exclude_countries"),  # type: ignore[attr-defined]
+        Countries(
+            _countries(request.countries, "countries"),  # type: ignore[attr-defined]
+            _countries(request.exclude_countries, "exclude_countries"),  # type: ignore[attr-defined]
+        ),
     )
 
 

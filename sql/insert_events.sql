@@ -1,10 +1,15 @@
--- Stores one batch of validated events in a single statement, adds them to
--- both rollups in the same transaction, and returns the 1-based positions of the
--- events that were NOT inserted (usually none).
+-- Stores one batch of validated events in a single statement, appends them to
+-- the pending log for the folder, and returns the 1-based positions of the
+-- events that were NOT inserted: repetitions of a key earlier in the batch.
+--
+-- Optimistic: a key already stored fails the whole statement with
+-- unique_violation, and the caller stores the batch with
+-- insert_events_checked.sql instead. Without ON CONFLICT, PostgreSQL inserts
+-- without speculative insertion, about a third faster.
 --
 -- Within the batch the first occurrence of a key wins. Keys are inserted in key
--- order, and rollups in key order, so concurrent batches lock rows in the same
--- order and do not deadlock each other.
+-- order, so concurrent batches lock keys in the same order and do not deadlock
+-- each other.
 --
 -- $1 user_id[], $2 idempotency_key[], $3 occurred_at as microseconds since the
 -- Unix epoch[], $4 word_count[], $5 study_seconds[], $6 country[].
@@ -29,36 +34,12 @@ inserted AS (
            country
     FROM firsts
     ORDER BY user_id, idempotency_key
-    ON CONFLICT DO NOTHING
-    RETURNING user_id, idempotency_key, occurred_at, word_count, study_seconds, country
+    RETURNING user_id, occurred_at, word_count, study_seconds, country
 ),
-slots_rolled_up AS (
-    INSERT INTO slot_rollups AS r (slot, user_id, country, events, word_count, study_seconds)
-    SELECT slot_floor(occurred_at), user_id, country, count(*), sum(word_count), sum(study_seconds)
-    FROM inserted
-    GROUP BY 1, 2, 3
-    ORDER BY 1, 2, 3
-    ON CONFLICT (slot, user_id, country) DO UPDATE
-    SET events = r.events + excluded.events,
-        word_count = r.word_count + excluded.word_count,
-        study_seconds = r.study_seconds + excluded.study_seconds
-),
-days_rolled_up AS (
-    INSERT INTO day_rollups AS r (day, user_id, country, events, word_count, study_seconds)
-    SELECT day_floor(occurred_at), user_id, country, count(*), sum(word_count), sum(study_seconds)
-    FROM inserted
-    GROUP BY 1, 2, 3
-    ORDER BY 1, 2, 3
-    ON CONFLICT (day, user_id, country) DO UPDATE
-    SET events = r.events + excluded.events,
-        word_count = r.word_count + excluded.word_count,
-        study_seconds = r.study_seconds + excluded.study_seconds
+pending AS (
+    INSERT INTO pending_events (half, user_id, occurred_at, word_count, study_seconds, country)
+    SELECT (SELECT half FROM pending_half), * FROM inserted
 )
 SELECT b.position
 FROM batch AS b
-WHERE NOT EXISTS (
-    SELECT 1
-    FROM firsts AS f
-    JOIN inserted AS i USING (user_id, idempotency_key)
-    WHERE f.position = b.position
-);
+WHERE NOT EXISTS (SELECT 1 FROM firsts AS f WHERE f.position = b.position);

@@ -1,0 +1,207 @@
+"""Everyone's activity over spans of time: sums and distinct learners.
+
+Every reader here runs on a connection inside `database.snapshot`, so the
+rollups, the events and the pending log it reads are one consistent state. A
+span [lo, hi) is tiled with whole rollup units (see `units`); what the units do
+not cover, edges shorter than a slot, is read from the events, and pending
+events are added where no edge already counted them.
+
+Sums are added up in PostgreSQL. Distinct learners are unions of the units'
+learner sets, computed here, with the learners of the pending and edge events
+added by number.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from daily_aggregator.server import learner_sets, units
+from daily_aggregator.server.queries import query
+from daily_aggregator.server.requests import Countries
+
+__all__ = [
+    "Span",
+    "Sums",
+    "learner_counts",
+    "learner_counts_by_country",
+    "learners",
+    "sums",
+    "sums_by_country",
+]
+
+Span = tuple[datetime, datetime]
+"""A half-open stretch of time [lo, hi)."""
+
+
+@dataclass
+class Sums:
+    """Events, words and study time."""
+
+    events: int = 0
+    word_count: int = 0
+    study_seconds: int = 0
+
+    def add(self, row: asyncpg.Record) -> None:
+        """Add the sums of a row with the same columns."""
+        self.events += row["events"]
+        self.word_count += row["word_count"]
+        self.study_seconds += row["study_seconds"]
+
+
+async def sums(conn: asyncpg.Connection, spans: Sequence[Span], countries: Countries) -> list[Sums]:
+    """The sums of each span; `spans` are consecutive (each ends where the next begins)."""
+    found = [Sums() for _ in spans]
+    for row in await _sums(conn, spans, countries, per_country=False):
+        found[row["bucket"] - 1].add(row)
+    return found
+
+
+async def sums_by_country(
+    conn: asyncpg.Connection, span: Span, countries: Countries
+) -> dict[str, Sums]:
+    """The sums of one span per country ("" for events without one)."""
+    found: dict[str, Sums] = defaultdict(Sums)
+    for row in await _sums(conn, [span], countries, per_country=True):
+        found[row["country"]].add(row)
+    return dict(found)
+
+
+async def _sums(
+    conn: asyncpg.Connection, spans: Sequence[Span], countries: Countries, *, per_country: bool
+) -> list[asyncpg.Record]:
+    tiles = units.Tiles.of(spans)
+    rows: list[asyncpg.Record] = await conn.fetch(
+        query("bucket_sums"),
+        tiles.runs.units,
+        tiles.runs.froms,
+        tiles.runs.tos,
+        tiles.edge_starts,
+        tiles.edge_ends,
+        spans[0][0],
+        spans[-1][1],
+        [lo for lo, _ in spans],
+        countries.only,
+        countries.excluded,
+        per_country,
+    )
+    return rows
+
+
+async def learner_counts(
+    conn: asyncpg.Connection, spans: Sequence[Span], countries: Countries
+) -> list[int]:
+    """The distinct learners of each span; spans may overlap (buckets and their whole range)."""
+    per_span, _ = await _learners(conn, spans, countries, per_country=False)
+    return [len(found.get("", ())) if isinstance(found, dict) else found for found in per_span]
+
+
+async def learner_counts_by_country(
+    conn: asyncpg.Connection, span: Span, countries: Countries
+) -> dict[str, int]:
+    """The distinct learners of one span per country."""
+    (found,), _ = await _learners(conn, [span], countries, per_country=True)
+    assert isinstance(found, dict)
+    return {country: len(members) for country, members in found.items()}
+
+
+async def learners(
+    conn: asyncpg.Connection, span: Span, countries: Countries
+) -> tuple[learner_sets.LearnerSet, learner_sets.Numbering]:
+    """The learners of one span, and the numbering that names the ones not stored yet."""
+    (found,), numbering = await _learners(conn, [span], countries, per_country=False, sets=True)
+    assert isinstance(found, dict)
+    return found.get("", learner_sets.LearnerSet()), numbering
+
+
+async def _learners(
+    conn: asyncpg.Connection,
+    spans: Sequence[Span],
+    countries: Countries,
+    *,
+    per_country: bool,
+    sets: bool = False,
+) -> tuple[list[dict[str, learner_sets.LearnerSet] | int], learner_sets.Numbering]:
+    """Per span, the learners per country ("" for all when not `per_country`), or their
+    count where one stored row holds it (never when `sets`)."""
+    tilings = [units.tile(lo, hi) for lo, hi in spans]
+    edges = sorted({edge for tiling in tilings for edge in tiling.edges})
+    loose = await conn.fetch(
+        query("loose_learners"),
+        min(lo for lo, _ in spans),
+        max(hi for _, hi in spans),
+        [lo for lo, _ in edges],
+        [hi for _, hi in edges],
+        countries.only,
+        countries.excluded,
+    )
+    numbering = learner_sets.Numbering()
+    loose_times = sorted((row["occurred_at"], i) for i, row in enumerate(loose))
+    times = [at for at, _ in loose_times]
+    loose_numbers = [numbering.number(row["learner"], row["user_id"]) for row in loose]
+
+    def loose_in(lo: datetime, hi: datetime) -> list[int]:
+        return [
+            i for _, i in loose_times[bisect.bisect_left(times, lo) : bisect.bisect_left(times, hi)]
+        ]
+
+    in_span = [loose_in(lo, hi) for lo, hi in spans]
+    # A span of one whole unit with nothing loose is that unit's stored count, when one
+    # row holds it; every other span needs the sets of its units.
+    one_row = not sets and not per_country and not countries.only and not countries.excluded
+    counted = [
+        one_row and len(tiling.units) == 1 and not tiling.edges and not extra
+        for tiling, extra in zip(tilings, in_span, strict=True)
+    ]
+    set_pieces = {
+        piece
+        for tiling, count in zip(tilings, counted, strict=True)
+        if not count
+        for piece in tiling.units
+    }
+    count_pieces = {
+        tiling.units[0] for tiling, count in zip(tilings, counted, strict=True) if count
+    } - set_pieces
+    with_sets, count_only = units.Runs.of(set_pieces), units.Runs.of(count_pieces)
+    rows = await conn.fetch(
+        query("unit_learners"),
+        with_sets.units + count_only.units,
+        with_sets.froms + count_only.froms,
+        with_sets.tos + count_only.tos,
+        [True] * len(with_sets.units) + [False] * len(count_only.units),
+        countries.only,
+        countries.excluded,
+        per_country,
+    )
+    stored: dict[tuple[str, datetime], dict[str, learner_sets.LearnerSet]] = defaultdict(dict)
+    stored_counts: dict[tuple[str, datetime], int] = {}
+    for row in rows:
+        key = (row["unit"], row["start"])
+        stored_counts[key] = row["learner_count"]
+        if row["learners"] is not None:
+            country = row["country"] if per_country else ""
+            found = learner_sets.load(row["learners"])
+            merged = stored[key].get(country)
+            stored[key][country] = found if merged is None else merged | found
+
+    answers: list[dict[str, learner_sets.LearnerSet] | int] = []
+    for tiling, extra, count in zip(tilings, in_span, counted, strict=True):
+        if count:
+            answers.append(stored_counts.get(tiling.units[0], 0))
+            continue
+        parts: dict[str, list[learner_sets.LearnerSet]] = defaultdict(list)
+        for piece in tiling.units:
+            for country, members in stored.get(piece, {}).items():
+                parts[country].append(members)
+        numbers: dict[str, list[int]] = defaultdict(list)
+        for i in extra:
+            numbers[loose[i]["country"] if per_country else ""].append(loose_numbers[i])
+        for country, numbered in numbers.items():
+            parts[country].append(learner_sets.LearnerSet(numbered))
+        answers.append({country: learner_sets.union(sets) for country, sets in parts.items()})
+    return answers, numbering

@@ -1,0 +1,52 @@
+"""What every bucketed answer shares: its calendar buckets, and their form in a reply."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import asyncpg
+from google.protobuf import timestamp_pb2
+
+from daily_aggregator.server import calendar
+from daily_aggregator.server.activity import Span
+from daily_aggregator.server.errors import InvalidArgument
+from daily_aggregator.server.requests import MAX_BUCKETS, SeriesQuery
+from daily_aggregator.server.timezones import TimeZones
+
+__all__ = ["calendar_buckets", "local_start", "spans", "timestamp"]
+
+
+async def calendar_buckets(
+    conn: asyncpg.Connection, zones: TimeZones, q: SeriesQuery
+) -> list[calendar.Bucket]:
+    """The buckets of the question's range in its zone.
+
+    Raises:
+        InvalidArgument: on `granularity`, when the range holds more than MAX_BUCKETS.
+    """
+    rules = await zones.rules(conn, q.time_zone, q.filter.start, q.filter.end)
+    found = calendar.buckets(rules, q.unit, q.filter.start, q.filter.end, MAX_BUCKETS + 1)
+    if len(found) > MAX_BUCKETS:
+        raise InvalidArgument(
+            "granularity",
+            f"the range holds more than {MAX_BUCKETS} buckets; "
+            "use a coarser granularity or a shorter range",
+        )
+    return found
+
+
+def spans(buckets: list[calendar.Bucket], lo: datetime, hi: datetime) -> list[Span]:
+    """The part of each bucket inside [lo, hi): only events there count."""
+    return [(max(b.start, lo), min(b.end, hi)) for b in buckets]
+
+
+def timestamp(instant: datetime) -> timestamp_pb2.Timestamp:
+    """A protobuf Timestamp of an aware datetime."""
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(instant)
+    return ts
+
+
+def local_start(bucket: calendar.Bucket) -> str:
+    """The bucket's start as local wall time with its offset, ISO 8601."""
+    return bucket.local_start.replace(tzinfo=timezone(bucket.utc_offset)).isoformat()

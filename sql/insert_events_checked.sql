@@ -1,0 +1,50 @@
+-- Stores one batch of validated events in a single statement, appends the ones
+-- it inserted to the pending log for the folder, and returns the 1-based
+-- positions of the events that were NOT inserted. Keys stored before are
+-- skipped (ON CONFLICT DO NOTHING); insert_events.sql is the same statement
+-- for batches of keys never seen, which is cheaper and fails on a stored key.
+--
+-- Within the batch the first occurrence of a key wins. Keys are inserted in key
+-- order, so concurrent batches lock keys in the same order and do not deadlock
+-- each other.
+--
+-- $1 user_id[], $2 idempotency_key[], $3 occurred_at as microseconds since the
+-- Unix epoch[], $4 word_count[], $5 study_seconds[], $6 country[].
+WITH batch AS (
+    SELECT *
+    FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::integer[], $5::integer[], $6::text[])
+        WITH ORDINALITY
+        AS b (user_id, idempotency_key, occurred_us, word_count, study_seconds, country, position)
+),
+firsts AS (
+    SELECT DISTINCT ON (user_id, idempotency_key) *
+    FROM batch
+    ORDER BY user_id, idempotency_key, position
+),
+inserted AS (
+    INSERT INTO events (user_id, idempotency_key, occurred_at, word_count, study_seconds, country)
+    SELECT user_id,
+           idempotency_key,
+           timestamptz 'epoch' + occurred_us * interval '1 microsecond',
+           word_count,
+           study_seconds,
+           country
+    FROM firsts
+    ORDER BY user_id, idempotency_key
+    ON CONFLICT DO NOTHING
+    RETURNING user_id, idempotency_key, occurred_at, word_count, study_seconds, country
+),
+pending AS (
+    INSERT INTO pending_events (half, user_id, occurred_at, word_count, study_seconds, country)
+    SELECT (SELECT half FROM pending_half), user_id, occurred_at, word_count, study_seconds,
+           country
+    FROM inserted
+)
+SELECT b.position
+FROM batch AS b
+WHERE NOT EXISTS (
+    SELECT 1
+    FROM firsts AS f
+    JOIN inserted AS i USING (user_id, idempotency_key)
+    WHERE f.position = b.position
+);
