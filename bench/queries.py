@@ -1,17 +1,20 @@
-"""Query latency: Summary, Uniques and Breakdown against plain SQL over raw events.
+"""Query latency: the service against plain SQL and against ClickHouse and DuckDB, same events.
 
-    uv run python -m bench.queries [--events 10000000] [--users 100000] [--repeat 15]
+    uv run python -m bench.queries [--events 10000000] [--users 100000] [--repeat 10]
+    uv run --with chdb --with duckdb python -m bench.queries --peers
+    uv run python -m bench.queries --events 1000000,10000000,30000000
 
-Builds a realistic year of activity in an embedded PostgreSQL (or --database-url):
-users with skewed activity (a minority of heavy learners), events arriving in
-sessions of several events a few minutes apart, a handful of countries. Then,
-for each question, measures p50/p95 of
-- the service, a separate `daily-aggregator serve` process, through gRPC, and
-- the baseline: for the one-user Summary the service's own SQL run directly;
-  for the others the plain SQL over the raw events table that the original
-  implementations run (date_trunc + GROUP BY, count(DISTINCT ...)),
-checks that both give identical results, and prints the ratios.
-Pass --data-dir to keep the generated data set between runs.
+Builds a year of activity in an embedded PostgreSQL (or --database-url): users with
+skewed activity (a minority of heavy learners), sessions of several events a few
+minutes apart, a handful of countries; then folds it into the rollups with the
+service's own folder. For each question of `bench.questions` it measures the p50 of
+- the service, a separate `daily-aggregator serve` process, through gRPC;
+- plain SQL over the raw events table (date_trunc, GROUP BY, count(DISTINCT));
+- with --peers, ClickHouse (chDB) and DuckDB in this process, loaded with the same
+  events exported from PostgreSQL,
+checks that every answer is identical, and prints the ratios. With several sizes it
+prints how the service's p50 grows from the first size to the others.
+Pass --data-dir to keep the generated data sets between runs.
 """
 
 from __future__ import annotations
@@ -22,26 +25,20 @@ import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import grpc
-from google.protobuf import timestamp_pb2
 
 from bench.common import fresh_database, service_process
-from daily_aggregator.server.database import with_database
+from bench.questions import YEAR_START, Answer, Question, questions
+from daily_aggregator.server.database import create_pool, with_database
 from daily_aggregator.server.embedded import EmbeddedPostgres
-from daily_aggregator.server.queries import query
-from daily_aggregator.server.requests import MAX_BUCKETS
-from daily_aggregator.v1 import aggregator_pb2 as pb
+from daily_aggregator.server.folding import Folder
 from daily_aggregator.v1 import aggregator_pb2_grpc
-
-DATABASE = "bench_queries"
-YEAR_START = datetime(2025, 1, 1, 5, tzinfo=UTC)  # midnight in New York
-ZONE = "America/New_York"
 
 # Sessions of 3-7 events, 2-6 minutes apart, by users drawn with a power law
 # (user 0 is the heaviest), each user studying from one country. Rows are
@@ -60,7 +57,7 @@ SELECT s AS id,
        3 + floor(random() * 5)::int AS events
 FROM generate_series(1, $2 / 5) AS s;
 ALTER TABLE events SET UNLOGGED;
-DROP INDEX events_user_id_occurred_at_idx, events_occurred_at_idx;
+DROP INDEX events_occurred_at_idx;
 ALTER TABLE events DROP CONSTRAINT events_pkey;
 INSERT INTO events (user_id, idempotency_key, occurred_at, word_count, study_seconds, country)
 SELECT u.user_id,
@@ -74,65 +71,37 @@ JOIN users AS u ON u.idx = s.user_idx
 CROSS JOIN LATERAL generate_series(0, s.events - 1) AS j
 ORDER BY 3;
 ALTER TABLE events ADD PRIMARY KEY (user_id, idempotency_key);
-CREATE INDEX events_user_id_occurred_at_idx ON events (user_id, occurred_at);
 CREATE INDEX events_occurred_at_idx ON events (occurred_at);
 ALTER TABLE events SET LOGGED;
-TRUNCATE slot_rollups, day_rollups;
-INSERT INTO slot_rollups (slot, user_id, country, events, word_count, study_seconds)
-SELECT slot_floor(occurred_at), user_id, country, count(*), sum(word_count), sum(study_seconds)
+"""
+# Plain SQL answers one learner's questions from this index; the service needs none.
+PLAIN_SQL_INDEX = (
+    "CREATE INDEX IF NOT EXISTS events_user_id_occurred_at_idx ON events (user_id, occurred_at)"
+)
+PEND_MONTH = """
+INSERT INTO pending_events (half, user_id, occurred_at, word_count, study_seconds, country)
+SELECT (SELECT half FROM pending_half), user_id, occurred_at, word_count, study_seconds, country
 FROM events
-GROUP BY 1, 2, 3
-ORDER BY 1, 2, 3;
-INSERT INTO day_rollups (day, user_id, country, events, word_count, study_seconds)
-SELECT day_floor(occurred_at), user_id, country, count(*), sum(word_count), sum(study_seconds)
-FROM events
-GROUP BY 1, 2, 3
-ORDER BY 1, 2, 3;
+WHERE occurred_at >= $1 AND occurred_at < $1 + interval '1 month'
 """
-
-PLAIN_SUMMARY = """
-SELECT date_trunc('day', occurred_at, $3) AS day,
-       count(*) AS events, sum(word_count) AS word_count, sum(study_seconds) AS study_seconds
-FROM events WHERE occurred_at >= $1 AND occurred_at < $2
-GROUP BY 1 ORDER BY 1
-"""
-PLAIN_ACTIVE = """
-SELECT count(DISTINCT user_id) FROM events WHERE occurred_at >= $1 AND occurred_at < $2
-"""
-PLAIN_UNIQUES = """
-SELECT date_trunc($4, occurred_at, $3) AS bucket, count(DISTINCT user_id) AS users
-FROM events WHERE occurred_at >= $1 AND occurred_at < $2
-GROUP BY 1 ORDER BY 1
-"""
-PLAIN_TOP_USERS = """
-SELECT user_id::text AS key, count(*) AS events, sum(word_count) AS word_count,
-       sum(study_seconds) AS study_seconds
-FROM events WHERE occurred_at >= $1 AND occurred_at < $2
-GROUP BY user_id ORDER BY sum(word_count) DESC, user_id LIMIT 10
+EXPORT = """
+SELECT user_id::text, (extract(epoch FROM occurred_at) * 1000000)::bigint AS us, word_count,
+       study_seconds, country
+FROM events ORDER BY occurred_at
 """
 
 
 @dataclass
-class Result:
-    name: str
-    service: list[float]
-    baseline: list[float]
-    target: str
-    identical: bool
+class Measured:
+    """The p50s of one question, in ms, by engine, and whether every answer agreed."""
 
-    def row(self) -> str:
-        s50, s95 = percentiles(self.service)
-        b50, b95 = percentiles(self.baseline)
-        return (
-            f"{self.name:<34} {s50:>8.1f} {s95:>8.1f} {b50:>8.1f} {b95:>8.1f} "
-            f"{b50 / s50:>7.2f}x  {self.target:<16} {'yes' if self.identical else 'NO'}"
-        )
+    question: Question
+    p50: dict[str, float] = field(default_factory=dict)
+    identical: bool = True
 
 
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return statistics.median(ordered) * 1000, p95 * 1000
+def p50(samples: list[float]) -> float:
+    return statistics.median(samples) * 1000
 
 
 async def timed(repeat: int, call: Callable[[], Awaitable[Any]]) -> tuple[list[float], Any]:
@@ -146,144 +115,154 @@ async def timed(repeat: int, call: Callable[[], Awaitable[Any]]) -> tuple[list[f
     return durations, answer
 
 
-def ts(when: datetime) -> timestamp_pb2.Timestamp:
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(when)
-    return out
-
-
 async def ensure_data(server_dsn: str, events: int, users: int) -> str:
-    dsn = with_database(server_dsn, DATABASE)
+    """The DSN of a folded data set of about `events` events, generated when missing."""
+    name = f"bench_queries_{events}"
+    dsn = with_database(server_dsn, name)
     try:
         conn = await asyncpg.connect(dsn)
     except asyncpg.InvalidCatalogNameError:
         conn = None
     if conn is not None:
         have = await conn.fetchval("SELECT count(*) FROM events")
+        pending = await conn.fetchval("SELECT count(*) FROM pending_events")
         await conn.close()
-        if have >= events * 0.9:
-            print(f"reusing {have:,} events in {DATABASE}", flush=True)
+        if have >= events * 0.9 and pending == 0:
+            print(f"reusing {have:,} events in {name}", flush=True)
             return dsn
     print(f"generating ~{events:,} events for {users:,} users ...", flush=True)
     began = time.perf_counter()
-    dsn = await fresh_database(server_dsn, DATABASE)
+    dsn = await fresh_database(server_dsn, name)
     conn = await asyncpg.connect(dsn)
     try:
         for statement in filter(str.strip, GENERATE.split(";")):
             args = [a for i, a in enumerate((users, events, YEAR_START), 1) if f"${i}" in statement]
-            await conn.execute(statement, *args) if args else await conn.execute(statement)
-        await conn.execute("VACUUM ANALYZE events")
-        await conn.execute("VACUUM ANALYZE slot_rollups")
-        await conn.execute("VACUUM ANALYZE day_rollups")
+            await conn.execute(statement, *args)
+        await conn.execute(PLAIN_SQL_INDEX)
+        await conn.execute("TRUNCATE pending_events")
+        generated = time.perf_counter() - began
+        # Month by month, so that each fold is a month of events.
+        pool = await create_pool(dsn, min_size=1, max_size=2)
+        folder = Folder(pool, idle_seconds=0.05)
+        async with pool.acquire() as folding:
+            month = YEAR_START.replace(day=1, hour=0)
+            while month < YEAR_START + timedelta(days=366):
+                await conn.execute(PEND_MONTH, month)
+                await folder.drain(folding)
+                month = month.replace(
+                    year=month.year + month.month // 12, month=month.month % 12 + 1
+                )
+        await pool.close()
+        for table in ("events", "rollups", "learner_hours", "learner_months", "learners"):
+            await conn.execute(f"VACUUM ANALYZE {table}")
         total = await conn.fetchval("SELECT count(*) FROM events")
-        slots = await conn.fetchval("SELECT count(*) FROM slot_rollups")
     finally:
         await conn.close()
+    folded = time.perf_counter() - began - generated
     print(
-        f"generated {total:,} events, {slots:,} rollup rows in {time.perf_counter() - began:.0f} s",
+        f"generated {total:,} events in {generated:.0f} s, folded them in {folded:.0f} s"
+        f" ({total / folded:,.0f} events/s)",
         flush=True,
     )
     return dsn
 
 
-async def measure(dsn: str, target: str, repeat: int) -> list[Result]:
-    conn = await asyncpg.connect(dsn, server_settings={"plan_cache_mode": "force_custom_plan"})
-    heavy = await conn.fetchval(
-        "SELECT user_id FROM events GROUP BY user_id ORDER BY count(*) DESC LIMIT 1"
+async def export_events(dsn: str, path: Path) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.copy_from_query(EXPORT, output=str(path), format="csv", header=True)
+    finally:
+        await conn.close()
+
+
+async def measure(
+    dsn: str, target: str, repeat: int, baseline_repeat: int, peers: list[Any]
+) -> list[Measured]:
+    conn = await asyncpg.connect(dsn, server_settings={"work_mem": "256MB"})
+    heaviest = str(
+        await conn.fetchval(
+            "SELECT user_id FROM learner_months GROUP BY 1 ORDER BY sum(events) DESC LIMIT 1"
+        )
     )
-    year_end = YEAR_START + timedelta(days=365)
-    q90_start = YEAR_START + timedelta(days=180)
-    q90_end = q90_start + timedelta(days=90)  # spans the November DST change
-    m30_start = YEAR_START + timedelta(days=200)
-    m30_end = m30_start + timedelta(days=30)
     results = []
     async with grpc.aio.insecure_channel(target) as channel:
         stub = aggregator_pb2_grpc.AggregatorServiceStub(channel)
-
-        # One user, daily, over the year: the service against its own SQL.
-        request = pb.SummaryRequest(
-            user_id=str(heavy), start_time=ts(YEAR_START), end_time=ts(year_end), time_zone=ZONE
-        )
-        service, answer = await timed(repeat, lambda: stub.Summary(request))
-        args = (YEAR_START, year_end, "day", ZONE, MAX_BUCKETS, heavy, [], [], 2)
-        baseline, rows = await timed(repeat, lambda: conn.fetch(query("summary"), *args))
-        same = [b.word_count for b in answer.buckets] == [r["word_count"] for r in rows]
-        results.append(
-            Result("Summary, one user, daily, 1 year", service, baseline, ">= 0.67x", same)
-        )
-
-        # Everyone, daily, 90 days.
-        request = pb.SummaryRequest(start_time=ts(q90_start), end_time=ts(q90_end), time_zone=ZONE)
-        service, answer = await timed(repeat, lambda: stub.Summary(request))
-
-        async def plain_summary() -> tuple[list[asyncpg.Record], int]:
-            days = await conn.fetch(PLAIN_SUMMARY, q90_start, q90_end, ZONE)
-            return days, await conn.fetchval(PLAIN_ACTIVE, q90_start, q90_end)
-
-        baseline, (days, active) = await timed(repeat, plain_summary)
-        got = [(b.events, b.word_count, b.study_seconds) for b in answer.buckets if b.events]
-        want = [(r["events"], r["word_count"], r["study_seconds"]) for r in days]
-        same = got == want and answer.totals.active_users == active
-        results.append(
-            Result("Summary, all users, daily, 90 days", service, baseline, ">= 3x", same)
-        )
-
-        # Uniques, daily over 90 days and monthly over the year.
-        for name, unit, granularity, start, end in [
-            ("Uniques, daily, 90d", "day", pb.GRANULARITY_DAY, q90_start, q90_end),
-            ("Uniques, monthly, 1y", "month", pb.GRANULARITY_MONTH, YEAR_START, year_end),
-        ]:
-            request = pb.UniquesRequest(
-                start_time=ts(start), end_time=ts(end), granularity=granularity, time_zone=ZONE
-            )
-            service, answer = await timed(repeat, lambda r=request: stub.Uniques(r))
-
-            async def plain_uniques(
-                s: datetime = start, e: datetime = end, u: str = unit
-            ) -> tuple[list[asyncpg.Record], int]:
-                buckets = await conn.fetch(PLAIN_UNIQUES, s, e, ZONE, u)
-                return buckets, await conn.fetchval(PLAIN_ACTIVE, s, e)
-
-            baseline, (rows, total) = await timed(repeat, plain_uniques)
-            got_counts = [b.unique_users for b in answer.buckets if b.unique_users]
-            same = got_counts == [r["users"] for r in rows] and answer.unique_users == total
-            results.append(Result(name, service, baseline, ">= 3x", same))
-
-        # Top 10 learners by words over 30 days.
-        request = pb.BreakdownRequest(
-            start_time=ts(m30_start),
-            end_time=ts(m30_end),
-            dimension=pb.DIMENSION_USER,
-            metric=pb.METRIC_WORD_COUNT,
-        )
-        service, answer = await timed(repeat, lambda: stub.Breakdown(request))
-        baseline, rows = await timed(
-            repeat, lambda: conn.fetch(PLAIN_TOP_USERS, m30_start, m30_end)
-        )
-        got_rows = [(r.key, r.events, r.word_count, r.study_seconds) for r in answer.rows]
-        want_rows = [(r["key"], r["events"], r["word_count"], r["study_seconds"]) for r in rows]
-        results.append(
-            Result(
-                "Breakdown, top 10 users, 30 days",
-                service,
-                baseline,
-                ">= 3x",
-                got_rows == want_rows,
-            )
-        )
+        for q in questions(heaviest):
+            m = Measured(q)
+            samples, answer = await timed(repeat, lambda q=q: q.ask_service(stub))
+            m.p50["service"] = p50(samples)
+            answers: dict[str, Answer] = {"service": answer}
+            if baseline_repeat:
+                samples, answers["plain SQL"] = await timed(
+                    baseline_repeat, lambda q=q: q.ask_plain_sql(conn)
+                )
+                m.p50["plain SQL"] = p50(samples)
+            for peer in peers:
+                samples, answers[peer.name] = await timed(
+                    repeat, lambda q=q, peer=peer: asyncio.to_thread(peer.answer, q)
+                )
+                m.p50[peer.name] = p50(samples)
+            m.identical = all(a == answers["service"] for a in answers.values())
+            if not m.identical:
+                print(f"DIFFERENT ANSWERS for {q.name}:")
+                for engine, a in answers.items():
+                    print(f"  {engine}: {str(a)[:300]}")
+            results.append(m)
+            print(f"  {q.name}: {m.p50}", flush=True)
     await conn.close()
     return results
 
 
+def print_table(results: list[Measured], peer_names: list[str]) -> None:
+    engines = ["service", "plain SQL", *peer_names]
+    shown = [e for e in engines if any(e in m.p50 for m in results)]
+    header = f"{'question':<40}" + "".join(f"{e:>12}" for e in shown)
+    if peer_names:
+        header += f"{'best peer / service':>21}"
+    print(header + f"  {'target':<18} identical")
+    for m in results:
+        line = f"{m.question.name:<40}" + "".join(
+            f"{m.p50[e]:>12,.1f}" if e in m.p50 else f"{'':>12}" for e in shown
+        )
+        if peer_names:
+            best = min(m.p50[name] for name in peer_names)
+            line += f"{best / m.p50['service']:>20.2f}x"
+        print(line + f"  {m.question.target:<18} {'yes' if m.identical else 'NO'}")
+    print("p50 in ms over the repeats; the peers run in this process, the service behind gRPC")
+
+
+def print_growth(by_size: dict[int, list[Measured]]) -> None:
+    sizes = sorted(by_size)
+    print()
+    print(f"{'question':<40}" + "".join(f"{size:>14,}" for size in sizes) + f"{'growth':>10}")
+    for i, m in enumerate(by_size[sizes[0]]):
+        row = [by_size[size][i].p50["service"] for size in sizes]
+        print(
+            f"{m.question.name:<40}"
+            + "".join(f"{v:>14,.1f}" for v in row)
+            + f"{row[-1] / row[0]:>9.2f}x"
+        )
+    print("service p50 in ms per data set size (events); growth = largest / smallest")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument(
+        "--events", default="10000000", help="one size, or several: 1000000,10000000"
+    )
     parser.add_argument("--users", type=int, default=100_000)
-    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument(
+        "--baseline-repeat", type=int, default=3, help="repeats of plain SQL; 0 skips it"
+    )
+    parser.add_argument("--peers", action="store_true", help="also ask ClickHouse and DuckDB")
     parser.add_argument("--database-url", help="measure on this server instead of an embedded one")
     parser.add_argument("--data-dir", type=Path, help="keep the embedded database here")
     args = parser.parse_args()
+    sizes = [int(size) for size in args.events.split(",")]
 
+    by_size: dict[int, list[Measured]] = {}
+    peer_names: list[str] = []
     with tempfile.TemporaryDirectory(prefix="da-bench-") as tmp:
         embedded = None
         server_dsn = args.database_url
@@ -291,21 +270,33 @@ async def main() -> None:
             embedded = EmbeddedPostgres(args.data_dir or Path(tmp))
             server_dsn = await embedded.start()
         try:
-            dsn = await ensure_data(server_dsn, args.events, args.users)
-            async with service_process(dsn) as target:
-                results = await measure(dsn, target, args.repeat)
+            for size in sizes:
+                dsn = await ensure_data(server_dsn, size, args.users)
+                peers = []
+                if args.peers:
+                    from bench.peers import load_peers
+
+                    csv = Path(tmp) / f"events-{size}.csv"
+                    print("exporting the events and loading the peers ...", flush=True)
+                    await export_events(dsn, csv)
+                    peers = load_peers(csv)
+                    csv.unlink()
+                    peer_names = [peer.name for peer in peers]
+                try:
+                    async with service_process(dsn) as target:
+                        by_size[size] = await measure(
+                            dsn, target, args.repeat, args.baseline_repeat, peers
+                        )
+                finally:
+                    for peer in peers:
+                        peer.close()
+                print(f"\n{size:,} events")
+                print_table(by_size[size], peer_names)
         finally:
             if embedded is not None:
                 await embedded.stop()
-
-    print()
-    print(
-        f"{'query':<34} {'service p50':>8} {'p95':>8} {'baseline p50':>8} {'p95':>8} "
-        f"{'speed-up':>8}  {'target':<16} identical"
-    )
-    for result in results:
-        print(result.row())
-    print("times in ms; speed-up = baseline p50 / service p50")
+    if len(sizes) > 1:
+        print_growth(by_size)
 
 
 if __name__ == "__main__":

@@ -155,19 +155,15 @@ async def _learners(
     # row holds it; every other span needs the sets of its units.
     one_row = not sets and not per_country and not countries.only and not countries.excluded
     counted = [
-        one_row and len(tiling.units) == 1 and not tiling.edges and not extra
-        for tiling, extra in zip(tilings, in_span, strict=True)
+        one_row and len(t.runs) == 1 and t.runs[0].is_one_unit() and not t.edges and not extra
+        for t, extra in zip(tilings, in_span, strict=True)
     ]
-    set_pieces = {
-        piece
-        for tiling, count in zip(tilings, counted, strict=True)
-        if not count
-        for piece in tiling.units
-    }
-    count_pieces = {
-        tiling.units[0] for tiling, count in zip(tilings, counted, strict=True) if count
-    } - set_pieces
-    with_sets, count_only = units.Runs.of(set_pieces), units.Runs.of(count_pieces)
+    with_sets = units.Runs.of(
+        run for t, count in zip(tilings, counted, strict=True) if not count for run in t.runs
+    )
+    count_only = units.Runs.of(
+        t.runs[0] for t, count in zip(tilings, counted, strict=True) if count
+    )
     rows = await conn.fetch(
         query("unit_learners"),
         with_sets.units + count_only.units,
@@ -178,8 +174,8 @@ async def _learners(
         countries.excluded,
         per_country,
     )
-    stored: dict[tuple[str, datetime], dict[str, learner_sets.LearnerSet]] = defaultdict(dict)
     stored_counts: dict[tuple[str, datetime], int] = {}
+    stored: dict[tuple[str, datetime], dict[str, learner_sets.LearnerSet]] = defaultdict(dict)
     for row in rows:
         key = (row["unit"], row["start"])
         stored_counts[key] = row["learner_count"]
@@ -188,16 +184,24 @@ async def _learners(
             found = learner_sets.load(row["learners"])
             merged = stored[key].get(country)
             stored[key][country] = found if merged is None else merged | found
+    starts: dict[str, list[datetime]] = defaultdict(list)
+    for unit, start in sorted(stored):
+        starts[unit].append(start)
 
     answers: list[dict[str, learner_sets.LearnerSet] | int] = []
     for tiling, extra, count in zip(tilings, in_span, counted, strict=True):
         if count:
-            answers.append(stored_counts.get(tiling.units[0], 0))
+            run = tiling.runs[0]
+            answers.append(stored_counts.get((run.unit, run.first), 0))
             continue
         parts: dict[str, list[learner_sets.LearnerSet]] = defaultdict(list)
-        for piece in tiling.units:
-            for country, members in stored.get(piece, {}).items():
-                parts[country].append(members)
+        for run in tiling.runs:
+            held = starts[run.unit]
+            for start in held[
+                bisect.bisect_left(held, run.first) : bisect.bisect_left(held, run.end)
+            ]:
+                for country, members in stored[run.unit, start].items():
+                    parts[country].append(members)
         numbers: dict[str, list[int]] = defaultdict(list)
         for i in extra:
             numbers[loose[i]["country"] if per_country else ""].append(loose_numbers[i])

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 __all__ = ["Bucket", "ZoneRules", "buckets"]
 
@@ -25,8 +25,7 @@ _REACH = timedelta(hours=16)
 wall time is first reached lies at most this far before that wall time read as UTC."""
 
 
-@dataclass(frozen=True)
-class Bucket:
+class Bucket(NamedTuple):
     """One calendar bucket: [start, end), and its start as local wall time with the offset."""
 
     start: datetime
@@ -114,12 +113,43 @@ def buckets(
     range_end; at most `most` of them (callers ask for one more than they allow, to
     tell a range that is too large).
     """
+    if unit == "hour":
+        return _hours(rules, range_start, range_end, most)
     found: list[Bucket] = []
     cursor = _first_start(rules, unit, range_start)
     while cursor < range_end and len(found) < most:
         following = _next_start(rules, unit, cursor)
         found.append(Bucket(cursor, following, rules.local(cursor), rules.offset(cursor)))
         cursor = following
+    return found
+
+
+def _hours(rules: ZoneRules, range_start: datetime, range_end: datetime, most: int) -> list[Bucket]:
+    """Hour buckets, walking the offset changes alongside rather than looking each up."""
+    found: list[Bucket] = []
+    cursor = _first_start(rules, "hour", range_start)
+    i = bisect.bisect_right(rules.changes, cursor) - 1
+    hour = timedelta(hours=1)
+    while cursor < range_end and len(found) < most:
+        offset = rules.offsets[i]
+        change = rules.changes[i + 1] if i + 1 < len(rules.changes) else None
+        local = (cursor + offset).replace(tzinfo=None)
+        top = local.replace(minute=0, second=0, microsecond=0) + hour
+        following = top.replace(tzinfo=UTC) - offset
+        if change is not None and change <= following:
+            following = change
+            i += 1
+        found.append(Bucket(cursor, following, local, offset))
+        cursor = following
+        if cursor == change:
+            continue
+        # Up to the next change every hour is a whole one after the last.
+        local = top
+        last = range_end if change is None else min(range_end, change - hour)
+        while cursor < last and len(found) < most:
+            following = cursor + hour
+            found.append(Bucket(cursor, following, local, offset))
+            cursor, local = following, local + hour
     return found
 
 
@@ -141,10 +171,6 @@ def _first_start(rules: ZoneRules, unit: str, range_start: datetime) -> datetime
 
 
 def _next_start(rules: ZoneRules, unit: str, start: datetime) -> datetime:
-    if unit == "hour":
-        hour = rules.local(start).replace(minute=0, second=0, microsecond=0)
-        hour_end = (hour + timedelta(hours=1)).replace(tzinfo=UTC) - rules.offset(start)
-        return rules.next_change(start, hour_end) or hour_end
     wall = _step(unit, _truncate(unit, rules.local(start)))
     following = rules.first_reach(wall)
     while following <= start:

@@ -8,7 +8,8 @@ events themselves can answer::
 
 Every UTC offset in use is a multiple of 15 minutes, so the buckets of any zone
 are tiled without edges unless a range or a bucket starts off the grid (a fixed
-offset such as +05:17, or a transition at 00:01).
+offset such as +05:17, or a transition at 00:01). Whole units come in runs:
+consecutive units of one kind, [first, end).
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["UNITS", "Runs", "Tiles", "Tiling", "floor", "following", "tile"]
+__all__ = ["UNITS", "Run", "Runs", "Tiles", "Tiling", "floor", "following", "tile"]
 
 UNITS = ("month", "day", "hour", "slot")
 """Every unit, coarsest first."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LENGTHS = {"day": timedelta(days=1), "hour": timedelta(hours=1), "slot": timedelta(minutes=15)}
+_SHORTEST = {**_LENGTHS, "month": timedelta(days=28)}
+_ZERO = timedelta(0)
+_UNIT_OF_LENGTH = {length: unit for unit, length in _LENGTHS.items()}
 
 
 def floor(unit: str, instant: datetime) -> datetime:
@@ -48,16 +52,33 @@ def _ceil(unit: str, instant: datetime) -> datetime:
     return start if start == instant else following(unit, start)
 
 
+@dataclass(frozen=True)
+class Run:
+    """The whole `unit`s that start in [first, end)."""
+
+    unit: str
+    first: datetime
+    end: datetime
+
+    def is_one_unit(self) -> bool:
+        """Whether the run is a single unit."""
+        return following(self.unit, self.first) == self.end
+
+
 @dataclass
 class Tiling:
-    """A range tiled with whole units (unit, start) and the edges left between them."""
+    """A range tiled with runs of whole units and the edges left between them."""
 
-    units: list[tuple[str, datetime]] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
     edges: list[tuple[datetime, datetime]] = field(default_factory=list)
 
 
 def tile(lo: datetime, hi: datetime, units: Sequence[str] = UNITS) -> Tiling:
-    """Tile [lo, hi) with the whole units in `units` (coarsest first), then edges."""
+    """Tile [lo, hi) with runs of the whole units in `units` (coarsest first), then edges."""
+    # The common case first: a bucket that is one whole unit (an hour of most zones).
+    unit = _UNIT_OF_LENGTH.get(hi - lo)
+    if unit is not None and unit in units and (lo - _EPOCH) % (hi - lo) == _ZERO:
+        return Tiling([Run(unit, lo, hi)])
     tiling = Tiling()
     _tile(lo, hi, units, tiling)
     return tiling
@@ -70,21 +91,21 @@ def _tile(lo: datetime, hi: datetime, units: Sequence[str], into: Tiling) -> Non
         into.edges.append((lo, hi))
         return
     unit, finer = units[0], units[1:]
+    if hi - lo < _SHORTEST[unit]:
+        _tile(lo, hi, finer, into)
+        return
     first, end = _ceil(unit, lo), floor(unit, hi)
     if first >= end:
         _tile(lo, hi, finer, into)
         return
     _tile(lo, first, finer, into)
-    start = first
-    while start < end:
-        into.units.append((unit, start))
-        start = following(unit, start)
+    into.runs.append(Run(unit, first, end))
     _tile(end, hi, finer, into)
 
 
 @dataclass
 class Runs:
-    """Units grouped into runs of consecutive starts of one unit, for range scans.
+    """Runs as the columns a statement takes, consecutive runs of one unit joined.
 
     `units[i]` covers the starts in [`froms[i]`, `tos[i]`).
     """
@@ -94,22 +115,22 @@ class Runs:
     tos: list[datetime] = field(default_factory=list)
 
     @classmethod
-    def of(cls, pieces: Iterable[tuple[str, datetime]]) -> Runs:
-        """The runs of a set of (unit, start) pieces."""
-        runs = cls()
-        for unit, start in sorted(set(pieces), key=lambda p: (p[0], p[1])):
-            if runs.units and runs.units[-1] == unit and runs.tos[-1] == start:
-                runs.tos[-1] = following(unit, start)
+    def of(cls, runs: Iterable[Run]) -> Runs:
+        """The columns of `runs`; overlapping runs are joined too."""
+        columns = cls()
+        for run in sorted(runs, key=lambda r: (r.unit, r.first)):
+            if columns.units and columns.units[-1] == run.unit and columns.tos[-1] >= run.first:
+                columns.tos[-1] = max(columns.tos[-1], run.end)
             else:
-                runs.units.append(unit)
-                runs.froms.append(start)
-                runs.tos.append(following(unit, start))
-        return runs
+                columns.units.append(run.unit)
+                columns.froms.append(run.first)
+                columns.tos.append(run.end)
+        return columns
 
 
 @dataclass
 class Tiles:
-    """Consecutive spans tiled together: their whole units as runs, and their edges."""
+    """Spans tiled together: their runs as columns, and their edges."""
 
     runs: Runs
     edge_starts: list[datetime]
@@ -121,7 +142,7 @@ class Tiles:
         tilings = [tile(lo, hi, units) for lo, hi in spans]
         edges = [edge for tiling in tilings for edge in tiling.edges]
         return cls(
-            Runs.of(piece for tiling in tilings for piece in tiling.units),
+            Runs.of(run for tiling in tilings for run in tiling.runs),
             [lo for lo, _ in edges],
             [hi for _, hi in edges],
         )

@@ -5,16 +5,29 @@
 -- $1 user_id; $2 hour-run starts, $3 run ends, each run inside a bucket;
 -- $4 edge starts, $5 edge ends, each inside a bucket; $6, $7 the range;
 -- $8 the buckets' starts, ascending; $9 countries, $10 excluded countries.
+--
+-- Each run and edge is its own index range scan (LATERAL, kept apart by OFFSET 0),
+-- never a join over a whole table.
 WITH pieces AS (
-    SELECT h.hour AS at, h.events, h.word_count, h.study_seconds
+    SELECT h.*
     FROM unnest($2::timestamptz[], $3::timestamptz[]) AS run (lo, hi)
-    JOIN learner_hours AS h ON h.user_id = $1 AND h.hour >= run.lo AND h.hour < run.hi
-    WHERE country_matches(h.country, $9, $10)
+    CROSS JOIN LATERAL (
+        SELECT h.hour AS at, h.events, h.word_count, h.study_seconds
+        FROM learner_hours AS h
+        WHERE h.user_id = $1 AND h.hour >= run.lo AND h.hour < run.hi
+          AND country_matches(h.country, $9, $10)
+        OFFSET 0
+    ) AS h
     UNION ALL
-    SELECT e.occurred_at, 1, e.word_count, e.study_seconds
+    SELECT e.*
     FROM unnest($4::timestamptz[], $5::timestamptz[]) AS edge (lo, hi)
-    JOIN events AS e ON e.user_id = $1 AND e.occurred_at >= edge.lo AND e.occurred_at < edge.hi
-    WHERE cardinality($4::timestamptz[]) > 0 AND country_matches(e.country, $9, $10)
+    CROSS JOIN LATERAL (
+        SELECT e.occurred_at, 1, e.word_count, e.study_seconds
+        FROM events AS e
+        WHERE e.user_id = $1 AND e.occurred_at >= edge.lo AND e.occurred_at < edge.hi
+          AND country_matches(e.country, $9, $10)
+        OFFSET 0
+    ) AS e
     UNION ALL
     SELECT p.occurred_at, 1, p.word_count, p.study_seconds
     FROM pending_events AS p

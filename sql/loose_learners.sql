@@ -9,6 +9,11 @@ WHERE p.occurred_at >= $1 AND p.occurred_at < $2 AND country_matches(p.country, 
 UNION ALL
 SELECT e.occurred_at, e.country, l.learner, e.user_id::text
 FROM unnest($3::timestamptz[], $4::timestamptz[]) AS edge (lo, hi)
-JOIN events AS e ON e.occurred_at >= edge.lo AND e.occurred_at < edge.hi
-LEFT JOIN learners AS l USING (user_id)
-WHERE country_matches(e.country, $5, $6);
+CROSS JOIN LATERAL (
+    SELECT e.occurred_at, e.country, e.user_id
+    FROM events AS e
+    WHERE e.occurred_at >= edge.lo AND e.occurred_at < edge.hi
+      AND country_matches(e.country, $5, $6)
+    OFFSET 0
+) AS e
+LEFT JOIN learners AS l USING (user_id);

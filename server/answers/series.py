@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import functools
+from datetime import UTC, datetime, timedelta, timezone
 
 import asyncpg
 from google.protobuf import timestamp_pb2
@@ -13,7 +14,9 @@ from daily_aggregator.server.errors import InvalidArgument
 from daily_aggregator.server.requests import MAX_BUCKETS, SeriesQuery
 from daily_aggregator.server.timezones import TimeZones
 
-__all__ = ["calendar_buckets", "local_start", "spans", "timestamp"]
+__all__ = ["calendar_buckets", "local_start", "set_timestamp", "spans", "timestamp"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 async def calendar_buckets(
@@ -43,10 +46,23 @@ def spans(buckets: list[calendar.Bucket], lo: datetime, hi: datetime) -> list[Sp
 def timestamp(instant: datetime) -> timestamp_pb2.Timestamp:
     """A protobuf Timestamp of an aware datetime."""
     ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(instant)
+    set_timestamp(ts, instant)
     return ts
+
+
+def set_timestamp(ts: timestamp_pb2.Timestamp, instant: datetime) -> None:
+    """Set a Timestamp field in place to an aware datetime (no message is copied)."""
+    since = instant - _EPOCH
+    ts.seconds = since.days * 86_400 + since.seconds
+    ts.nanos = since.microseconds * 1000
 
 
 def local_start(bucket: calendar.Bucket) -> str:
     """The bucket's start as local wall time with its offset, ISO 8601."""
-    return bucket.local_start.replace(tzinfo=timezone(bucket.utc_offset)).isoformat()
+    return bucket.local_start.isoformat() + _offset_suffix(bucket.utc_offset)
+
+
+@functools.cache
+def _offset_suffix(offset: timedelta) -> str:
+    """The "+HH:MM" (or "+HH:MM:SS") an aware isoformat() ends with."""
+    return datetime(2000, 1, 1, tzinfo=timezone(offset)).isoformat()[len("2000-01-01T00:00:00") :]

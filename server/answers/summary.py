@@ -5,7 +5,12 @@ from __future__ import annotations
 import asyncpg
 
 from daily_aggregator.server import activity, learner_activity
-from daily_aggregator.server.answers.series import calendar_buckets, local_start, spans, timestamp
+from daily_aggregator.server.answers.series import (
+    calendar_buckets,
+    local_start,
+    set_timestamp,
+    spans,
+)
 from daily_aggregator.server.database import snapshot
 from daily_aggregator.server.requests import SeriesQuery
 from daily_aggregator.server.timezones import TimeZones
@@ -28,22 +33,8 @@ async def summary(pool: asyncpg.Pool, zones: TimeZones, q: SeriesQuery) -> pb.Su
             active = int(any(s.events for s in sums))
     words = _moving_averages([s.word_count for s in sums], q.moving_average_window)
     seconds = _moving_averages([s.study_seconds for s in sums], q.moving_average_window)
-    return pb.SummaryResponse(
+    response = pb.SummaryResponse(
         time_zone=q.time_zone.name,
-        buckets=[
-            pb.SummaryBucket(
-                start_time=timestamp(bucket.start),
-                local_start=local_start(bucket),
-                events=s.events,
-                word_count=s.word_count,
-                study_seconds=s.study_seconds,
-                average_word_count=_per_event(s.word_count, s.events),
-                average_study_seconds=_per_event(s.study_seconds, s.events),
-                word_count_sma=word_sma,
-                study_seconds_sma=seconds_sma,
-            )
-            for bucket, s, word_sma, seconds_sma in zip(buckets, sums, words, seconds, strict=True)
-        ],
         totals=pb.SummaryTotals(
             events=sum(s.events for s in sums),
             word_count=sum(s.word_count for s in sums),
@@ -51,6 +42,19 @@ async def summary(pool: asyncpg.Pool, zones: TimeZones, q: SeriesQuery) -> pb.Su
             active_users=active,
         ),
     )
+    for bucket, s, word_sma, seconds_sma in zip(buckets, sums, words, seconds, strict=True):
+        added = response.buckets.add(
+            local_start=local_start(bucket),
+            events=s.events,
+            word_count=s.word_count,
+            study_seconds=s.study_seconds,
+            average_word_count=_per_event(s.word_count, s.events),
+            average_study_seconds=_per_event(s.study_seconds, s.events),
+            word_count_sma=word_sma,
+            study_seconds_sma=seconds_sma,
+        )
+        set_timestamp(added.start_time, bucket.start)
+    return response
 
 
 def _moving_averages(values: list[int], window: int) -> list[float]:

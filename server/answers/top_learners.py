@@ -90,8 +90,8 @@ class _Pieces:
         tiling = units.tile(
             q.filter.start, q.filter.end, ("month", "hour") if unfiltered else ("hour",)
         )
-        self._months = units.Runs.of(p for p in tiling.units if p[0] == "month")
-        self._hours = units.Runs.of(p for p in tiling.units if p[0] == "hour")
+        self._months = units.Runs.of(run for run in tiling.runs if run.unit == "month")
+        self._hours = units.Runs.of(run for run in tiling.runs if run.unit == "hour")
         self._edges = tiling.edges
 
     async def scores(self, conn: asyncpg.Connection, user_ids: list[str]) -> list[asyncpg.Record]:

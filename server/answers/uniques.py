@@ -5,7 +5,12 @@ from __future__ import annotations
 import asyncpg
 
 from daily_aggregator.server import activity
-from daily_aggregator.server.answers.series import calendar_buckets, local_start, spans, timestamp
+from daily_aggregator.server.answers.series import (
+    calendar_buckets,
+    local_start,
+    set_timestamp,
+    spans,
+)
 from daily_aggregator.server.database import snapshot
 from daily_aggregator.server.requests import SeriesQuery
 from daily_aggregator.server.timezones import TimeZones
@@ -22,15 +27,8 @@ async def uniques(pool: asyncpg.Pool, zones: TimeZones, q: SeriesQuery) -> pb.Un
         *per_bucket, total = await activity.learner_counts(
             conn, [*spans(buckets, *whole), whole], q.filter.countries
         )
-    return pb.UniquesResponse(
-        time_zone=q.time_zone.name,
-        buckets=[
-            pb.UniquesBucket(
-                start_time=timestamp(bucket.start),
-                local_start=local_start(bucket),
-                unique_users=count,
-            )
-            for bucket, count in zip(buckets, per_bucket, strict=True)
-        ],
-        unique_users=total,
-    )
+    response = pb.UniquesResponse(time_zone=q.time_zone.name, unique_users=total)
+    for bucket, count in zip(buckets, per_bucket, strict=True):
+        added = response.buckets.add(local_start=local_start(bucket), unique_users=count)
+        set_timestamp(added.start_time, bucket.start)
+    return response

@@ -1,0 +1,197 @@
+"""The engines people would otherwise pick, ClickHouse (chDB) and DuckDB, with the same events.
+
+Both run in this process and are asked the benchmark's questions in their own SQL,
+each in the fastest form found for it: learners as UUIDs; ClickHouse as a MergeTree
+ordered by time, merged after loading, answering a bucketed question in one query with
+ROLLUP; DuckDB in time order, bucketing by local wall time, with the range's distinct
+total as a second query (faster there than ROLLUP).
+They pay no network or gRPC cost. They are never project dependencies; run the
+benchmark with them installed for the run:
+
+    uv run --with chdb --with duckdb python -m bench.queries --peers
+
+Answers come back in the forms `bench.questions` compares:
+series rows (bucket start as Unix seconds, values...) and a total, or ranked rows.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.questions import Answer, Question
+
+__all__ = ["PEERS", "Peer", "load_peers"]
+
+
+class Peer:
+    """An engine loaded with the events, answering `Question`s."""
+
+    name = ""
+
+    def answer(self, question: Question) -> Answer:
+        """Ask `question` as one query and return its answer in comparable form."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the engine."""
+
+
+def _ts(q: Question) -> tuple[str, str]:
+    return (q.start.strftime("%Y-%m-%d %H:%M:%S.%f"), q.end.strftime("%Y-%m-%d %H:%M:%S.%f"))
+
+
+class ClickHouse(Peer):
+    """chDB: ClickHouse in process, a MergeTree ordered by time."""
+
+    name = "ClickHouse"
+
+    def __init__(self, csv: Path) -> None:
+        from chdb import session  # type: ignore[import-not-found]
+
+        self._dir = tempfile.TemporaryDirectory(prefix="da-chdb-")
+        self._session = session.Session(self._dir.name)
+        self._session.query(
+            "CREATE TABLE events (user_id UUID, occurred_at DateTime64(6, 'UTC'),"
+            " word_count UInt32, study_seconds UInt32, country LowCardinality(String))"
+            " ENGINE = MergeTree ORDER BY occurred_at"
+        )
+        self._session.query(
+            "INSERT INTO events SELECT toUUID(user_id), fromUnixTimestamp64Micro(us, 'UTC'),"
+            f" word_count, study_seconds, country FROM file('{csv}', CSVWithNames,"
+            " 'user_id String, us Int64, word_count UInt32, study_seconds UInt32, country String')"
+        )
+        self._session.query("OPTIMIZE TABLE events FINAL")
+
+    def _rows(self, sql: str) -> list[list[Any]]:
+        result = self._session.query(sql + " SETTINGS group_by_use_nulls = 1", "JSONCompact")
+        rows: list[list[Any]] = json.loads(result.bytes())["data"]
+        return rows
+
+    def _where(self, q: Question) -> str:
+        lo, hi = _ts(q)
+        where = (
+            f"occurred_at >= toDateTime64('{lo}', 6, 'UTC')"
+            f" AND occurred_at < toDateTime64('{hi}', 6, 'UTC')"
+        )
+        return where + (f" AND user_id = toUUID('{q.user_id}')" if q.user_id else "")
+
+    def _bucket(self, q: Question) -> str:
+        if q.unit == "hour":  # the zones asked about keep whole-hour offsets: UTC hours
+            return "toStartOfHour(occurred_at)"
+        if q.unit == "day":
+            return f"toStartOfDay(occurred_at, '{q.zone}')"
+        return f"toDateTime(toStartOfMonth(occurred_at, '{q.zone}'), '{q.zone}')"
+
+    def answer(self, q: Question) -> Answer:
+        where = self._where(q)
+        if q.kind in ("summary", "uniques", "learner"):
+            values = (
+                "count(), sum(word_count), sum(study_seconds), uniqExact(user_id)"
+                if q.kind != "uniques"
+                else "uniqExact(user_id)"
+            )
+            rows = self._rows(
+                f"SELECT toUnixTimestamp({self._bucket(q)}) AS b, {values} FROM events"
+                f" WHERE {where} GROUP BY ROLLUP(b) ORDER BY b"
+            )
+            return q.series_answer([(r[0], *map(int, r[1:])) for r in rows])
+        if q.kind == "countries":
+            rows = self._rows(
+                "SELECT country, count(), sum(word_count), sum(study_seconds),"
+                f" uniqExact(user_id) AS u FROM events WHERE {where}"
+                f" GROUP BY country ORDER BY u DESC, country LIMIT {q.limit}"
+            )
+        else:
+            rows = self._rows(
+                "SELECT toString(user_id) AS u, count(), sum(word_count) AS w, sum(study_seconds)"
+                f" FROM events WHERE {where} GROUP BY user_id ORDER BY w DESC, u LIMIT {q.limit}"
+            )
+        return [(r[0], *map(int, r[1:])) for r in rows]
+
+    def close(self) -> None:
+        self._session.close()
+        self._dir.cleanup()
+
+
+class DuckDB(Peer):
+    """DuckDB in process, a table in insertion (time) order."""
+
+    name = "DuckDB"
+
+    def __init__(self, csv: Path) -> None:
+        import duckdb  # type: ignore[import-not-found]
+
+        self._db = duckdb.connect()
+        self._db.execute("SET TimeZone = 'UTC'")
+        self._db.execute(
+            "CREATE TABLE events AS SELECT user_id::UUID AS user_id,"
+            " make_timestamp(us) AT TIME ZONE 'UTC' AS occurred_at, word_count, study_seconds,"
+            # The CSV writes a country of '' as an empty field, which DuckDB reads as NULL.
+            " coalesce(country, '') AS country"
+            f" FROM read_csv('{csv}', header = true, columns = {{'user_id': 'VARCHAR',"
+            " 'us': 'BIGINT', 'word_count': 'INTEGER', 'study_seconds': 'INTEGER',"
+            " 'country': 'VARCHAR'}) ORDER BY occurred_at"
+        )
+
+    def _where(self, q: Question) -> str:
+        lo, hi = _ts(q)
+        where = f"occurred_at >= TIMESTAMPTZ '{lo}+00' AND occurred_at < TIMESTAMPTZ '{hi}+00'"
+        return where + (f" AND user_id = '{q.user_id}'::UUID" if q.user_id else "")
+
+    def answer(self, q: Question) -> Answer:
+        where = self._where(q)
+        if q.kind in ("summary", "uniques", "learner"):
+            # Buckets by local wall time, each start turned into its instant afterwards.
+            # The zones asked about keep whole-hour offsets: their hours are UTC hours.
+            zone = "UTC" if q.unit == "hour" else q.zone
+            values = (
+                "count(*), sum(word_count), sum(study_seconds), count(DISTINCT user_id)"
+                if q.kind != "uniques"
+                else "count(DISTINCT user_id)"
+            )
+            rows = self._db.execute(
+                f"SELECT epoch(b AT TIME ZONE '{zone}')::BIGINT, * EXCLUDE (b) FROM ("
+                f" SELECT date_trunc('{q.unit}', occurred_at AT TIME ZONE '{zone}') AS b, {values}"
+                f" FROM events WHERE {where} GROUP BY b) ORDER BY 1"
+            ).fetchall()
+            total = self._db.execute(
+                f"SELECT count(DISTINCT user_id) FROM events WHERE {where}"
+            ).fetchall()
+            return q.series_answer([(r[0], *map(int, r[1:])) for r in rows] + [(None, *total[0])])
+        if q.kind == "countries":
+            sql = (
+                "SELECT country, count(*), sum(word_count), sum(study_seconds),"
+                f" count(DISTINCT user_id) AS u FROM events WHERE {where}"
+                f" GROUP BY country ORDER BY u DESC, country LIMIT {q.limit}"
+            )
+        else:
+            sql = (
+                "SELECT user_id::VARCHAR AS u, count(*), sum(word_count) AS w, sum(study_seconds)"
+                f" FROM events WHERE {where} GROUP BY user_id ORDER BY w DESC, u LIMIT {q.limit}"
+            )
+        return [(r[0], *map(int, r[1:])) for r in self._db.execute(sql).fetchall()]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+PEERS: dict[str, Callable[[Path], Peer]] = {"ClickHouse": ClickHouse, "DuckDB": DuckDB}
+
+
+def load_peers(csv: Path) -> list[Peer]:
+    """Every peer, loaded from the events exported to `csv`.
+
+    Raises:
+        SystemExit: the peers are not installed in this environment.
+    """
+    try:
+        return [make(csv) for make in PEERS.values()]
+    except ImportError as exc:
+        raise SystemExit(
+            f"--peers needs chdb and duckdb ({exc}); run it as\n"
+            "  uv run --with chdb --with duckdb python -m bench.queries --peers"
+        ) from None

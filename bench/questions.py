@@ -1,0 +1,178 @@
+"""The questions the query benchmark asks, and how each engine's answer is compared.
+
+Every answer is reduced to the same plain form: for a bucketed question, the
+non-empty buckets as (start in Unix seconds, values...) and the range's total;
+for a ranking, its rows. The service, plain SQL over the raw events, ClickHouse
+and DuckDB must give identical forms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from google.protobuf import timestamp_pb2
+
+from daily_aggregator.v1 import aggregator_pb2 as pb
+from daily_aggregator.v1 import aggregator_pb2_grpc
+
+__all__ = ["Answer", "Question", "questions"]
+
+Answer = Any
+"""A comparable answer: (buckets, total) for series, a list of rows for rankings."""
+
+YEAR_START = datetime(2025, 1, 1, 5, tzinfo=UTC)  # midnight in New York
+ZONE = "America/New_York"
+_GRANULARITIES = {
+    "hour": pb.GRANULARITY_HOUR,
+    "day": pb.GRANULARITY_DAY,
+    "week": pb.GRANULARITY_WEEK,
+    "month": pb.GRANULARITY_MONTH,
+}
+
+
+@dataclass(frozen=True)
+class Question:
+    """One benchmark question and the target the service must meet on it."""
+
+    name: str
+    kind: str
+    """summary, uniques, learner (a one-learner summary), countries or top_learners."""
+    start: datetime
+    end: datetime
+    target: str
+    unit: str = "day"
+    zone: str = ZONE
+    user_id: str = ""
+    limit: int = 10
+
+    def series_answer(self, rows: list[tuple[Any, ...]]) -> Answer:
+        """(buckets, total) from rows of (bucket start or None for the total, values...).
+
+        Summaries keep (start, events, words, seconds) per bucket and the distinct
+        learners of the range; uniques keep (start, learners) and the range's learners.
+        """
+        buckets = [r[: (4 if self.kind != "uniques" else 2)] for r in rows if r[0] is not None]
+        totals = [r for r in rows if r[0] is None]
+        total = totals[0][-1] if totals else 0
+        return buckets, total
+
+    # -- the service ------------------------------------------------------------------
+
+    async def ask_service(self, stub: aggregator_pb2_grpc.AggregatorServiceStub) -> Answer:
+        """Ask the service through gRPC and reduce its answer."""
+        span = {"start_time": _timestamp(self.start), "end_time": _timestamp(self.end)}
+        if self.kind in ("summary", "learner"):
+            response = await stub.Summary(
+                pb.SummaryRequest(
+                    **span,
+                    user_id=self.user_id,
+                    granularity=_GRANULARITIES[self.unit],
+                    time_zone=self.zone,
+                )
+            )
+            rows = [
+                (b.start_time.seconds, b.events, b.word_count, b.study_seconds)
+                for b in response.buckets
+                if b.events
+            ]
+            return rows, response.totals.active_users
+        if self.kind == "uniques":
+            response = await stub.Uniques(
+                pb.UniquesRequest(
+                    **span, granularity=_GRANULARITIES[self.unit], time_zone=self.zone
+                )
+            )
+            rows = [
+                (b.start_time.seconds, b.unique_users) for b in response.buckets if b.unique_users
+            ]
+            return rows, response.unique_users
+        dimension, metric = (
+            (pb.DIMENSION_COUNTRY, pb.METRIC_UNIQUE_USERS)
+            if self.kind == "countries"
+            else (pb.DIMENSION_USER, pb.METRIC_WORD_COUNT)
+        )
+        response = await stub.Breakdown(
+            pb.BreakdownRequest(**span, dimension=dimension, metric=metric, limit=self.limit)
+        )
+        if self.kind == "countries":
+            return [
+                (r.key, r.events, r.word_count, r.study_seconds, r.unique_users)
+                for r in response.rows
+            ]
+        return [(r.key, r.events, r.word_count, r.study_seconds) for r in response.rows]
+
+    # -- plain SQL over the raw events ----------------------------------------------------
+
+    async def ask_plain_sql(self, conn: asyncpg.Connection) -> Answer:
+        """The plain SQL a deployment without rollups runs over the events table."""
+        where = "occurred_at >= $1 AND occurred_at < $2" + (
+            " AND user_id = $3::uuid" if self.user_id else ""
+        )
+        args: list[Any] = [self.start, self.end] + ([self.user_id] if self.user_id else [])
+        if self.kind in ("summary", "uniques", "learner"):
+            # The zones asked about keep whole-hour offsets: their hours are UTC hours.
+            bucket = (
+                "date_bin('1 hour', occurred_at, timestamptz 'epoch')"
+                if self.unit == "hour"
+                else f"date_trunc('{self.unit}', occurred_at, '{self.zone}')"
+            )
+            values = (
+                "count(*), sum(word_count), sum(study_seconds), count(DISTINCT user_id)"
+                if self.kind != "uniques"
+                else "count(DISTINCT user_id)"
+            )
+            rows = await conn.fetch(
+                f"SELECT extract(epoch FROM {bucket})::bigint AS b, {values} FROM events"
+                f" WHERE {where} GROUP BY ROLLUP (b) ORDER BY b NULLS LAST",
+                *args,
+            )
+            return self.series_answer([tuple(r) for r in rows])
+        if self.kind == "countries":
+            rows = await conn.fetch(
+                "SELECT country, count(*), sum(word_count), sum(study_seconds),"
+                f" count(DISTINCT user_id) AS u FROM events WHERE {where}"
+                f" GROUP BY country ORDER BY u DESC, country LIMIT {self.limit}",
+                *args,
+            )
+        else:
+            rows = await conn.fetch(
+                "SELECT user_id::text, count(*), sum(word_count) AS w, sum(study_seconds)"
+                f" FROM events WHERE {where}"
+                f" GROUP BY user_id ORDER BY w DESC, user_id LIMIT {self.limit}",
+                *args,
+            )
+        return [tuple(r) for r in rows]
+
+
+def _timestamp(when: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(when)
+    return ts
+
+
+def questions(heaviest: str) -> list[Question]:
+    """The questions of the benchmark over the generated year."""
+    year = (YEAR_START, YEAR_START + timedelta(days=365))
+    start = YEAR_START + timedelta(days=180)  # 90 days spanning the November DST change
+    days90 = (start, start + timedelta(days=90))
+    start = YEAR_START + timedelta(days=200)
+    days30 = (start, start + timedelta(days=30))
+    x3, beat = "3x the best peer", "beat the best peer"
+    return [
+        Question("Summary, all, daily, 90 days, NY", "summary", *days90, x3),
+        Question("Summary, all, monthly, 1 year, NY", "summary", *year, x3, unit="month"),
+        Question("Uniques, daily, 90 days, NY", "uniques", *days90, x3),
+        Question("Uniques, monthly, 1 year, NY", "uniques", *year, x3, unit="month"),
+        Question("Uniques, hourly, 1 year, NY", "uniques", *year, beat, unit="hour"),
+        Question("Uniques, daily, 1 year, Kolkata", "uniques", *year, beat, zone="Asia/Kolkata"),
+        Question("Summary, all, hourly, 1 year, NY", "summary", *year, beat, unit="hour"),
+        Question("Breakdown, countries by users, 1 year", "countries", *year, beat),
+        Question("Breakdown, top 10 by words, 30 days", "top_learners", *days30, beat),
+        Question("Breakdown, top 10 by words, 1 year", "top_learners", *year, beat),
+        Question(
+            "Summary, heaviest learner, daily, 1 y", "learner", *year, "<= 10 ms", user_id=heaviest
+        ),
+    ]
