@@ -166,15 +166,22 @@ async def _clear(conn: asyncpg.Connection, sealed: int) -> None:
 async def _fold_rollups(conn: asyncpg.Connection) -> None:
     """Add fold_batch to everyone's rollups, merging the learner sets in this process.
 
-    Slot by slot, each slot's learners join the sets of the units holding it;
-    then the touched units are written back in chunks, each merged with what
-    is stored. Memory follows the units touched, not the events.
+    Slots arrive in time order and each slot's learners join the sets of the
+    units holding it. A unit is complete once the slots have moved past it, so
+    each UTC day's slots, hours and day are written back (merged with what is
+    stored) as soon as the next day begins, and months at the end: memory holds
+    one day of units, however long the batch.
     """
     deltas: dict[tuple[str, datetime, str], _Delta] = {}
+    day: datetime | None = None
     async for row in conn.cursor(query("fold_slot_deltas"), prefetch=_ROWS_PER_CHUNK):
+        slot = row["slot"]
+        if day is not None and slot >= units.following("day", day):
+            await _store_rollups(conn, [k for k in deltas if k[0] != "month"], deltas)
+        day = units.floor("day", slot)
         active = learner_sets.LearnerSet(row["learners"])
         for unit in units.UNITS:
-            start = units.floor(unit, row["slot"])
+            start = units.floor(unit, slot)
             for country in (row["country"], ALL_COUNTRIES):
                 delta = deltas.get((unit, start, country))
                 if delta is None:
@@ -183,12 +190,21 @@ async def _fold_rollups(conn: asyncpg.Connection) -> None:
                 delta.word_count += row["word_count"]
                 delta.study_seconds += row["study_seconds"]
                 delta.learners |= active
-    keys = sorted(deltas)
-    for first in range(0, len(keys), _ROWS_PER_CHUNK):
-        await _store_rollups(conn, keys[first : first + _ROWS_PER_CHUNK], deltas)
+    await _store_rollups(conn, list(deltas), deltas)
 
 
 async def _store_rollups(
+    conn: asyncpg.Connection,
+    keys: list[tuple[str, datetime, str]],
+    deltas: dict[tuple[str, datetime, str], _Delta],
+) -> None:
+    """Write the rollups of `keys` back, in key order, and forget their deltas."""
+    keys.sort()
+    for first in range(0, len(keys), _ROWS_PER_CHUNK):
+        await _store_chunk(conn, keys[first : first + _ROWS_PER_CHUNK], deltas)
+
+
+async def _store_chunk(
     conn: asyncpg.Connection,
     keys: list[tuple[str, datetime, str]],
     deltas: dict[tuple[str, datetime, str], _Delta],

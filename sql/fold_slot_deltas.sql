@@ -1,5 +1,6 @@
--- The batch per 15-minute slot and country: its sums and the numbers of the
--- learners active there, from which the folder derives every rollup it changes.
+-- The batch per 15-minute slot and country, in time order: its sums and the
+-- numbers of the learners active there, from which the folder derives every
+-- rollup it changes.
 SELECT b.slot,
        b.country,
        sum(b.events) AS events,
@@ -8,4 +9,5 @@ SELECT b.slot,
        array_agg(l.learner) AS learners
 FROM fold_batch AS b
 JOIN learners AS l USING (user_id)
-GROUP BY 1, 2;
+GROUP BY 1, 2
+ORDER BY 1, 2;
