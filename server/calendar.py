@@ -20,6 +20,10 @@ from typing import NamedTuple
 
 __all__ = ["Bucket", "ZoneRules", "buckets"]
 
+_DAY = timedelta(days=1)
+_FIXED = {"day": _DAY, "week": timedelta(weeks=1)}
+"""The units whose length is fixed where the offset does not change."""
+
 _REACH = timedelta(hours=16)
 """No offset is further from UTC than this (LMT reached 15:13), so the instant a
 wall time is first reached lies at most this far before that wall time read as UTC."""
@@ -63,6 +67,11 @@ class ZoneRules:
     def local(self, instant: datetime) -> datetime:
         """The local wall time at `instant`, naive."""
         return (instant + self.offset(instant)).replace(tzinfo=None)
+
+    def steady(self, lo: datetime, hi: datetime) -> bool:
+        """Whether the offset stays the same over [lo, hi]."""
+        i = bisect.bisect_right(self.changes, lo) - 1
+        return i >= 0 and (i + 1 == len(self.changes) or self.changes[i + 1] > hi)
 
     def next_change(self, after: datetime, upto: datetime) -> datetime | None:
         """The first change of offset in (after, upto], or None."""
@@ -171,6 +180,10 @@ def _first_start(rules: ZoneRules, unit: str, range_start: datetime) -> datetime
 
 
 def _next_start(rules: ZoneRules, unit: str, start: datetime) -> datetime:
+    length = _FIXED.get(unit)
+    if length is not None and rules.steady(start - _DAY, start + length + _DAY):
+        # Far from any change of offset, a day (week) is exactly that long.
+        return start + length
     wall = _step(unit, _truncate(unit, rules.local(start)))
     following = rules.first_reach(wall)
     while following <= start:

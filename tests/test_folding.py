@@ -1,0 +1,336 @@
+"""The folder and the answers around it: exact while they race, fresh, crash-safe, one at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+
+from daily_aggregator.server import activity
+from daily_aggregator.server.app import RunningServer, start_server
+from daily_aggregator.server.config import Settings
+from daily_aggregator.server.database import create_pool, snapshot
+from daily_aggregator.server.requests import Countries
+from daily_aggregator.v1 import aggregator_pb2 as pb
+from daily_aggregator.v1 import aggregator_pb2_grpc
+from tests import test_queries_reference as reference
+from tests.support import event, record, timestamp
+from tests.test_serve_command import start_serve
+
+Stub = aggregator_pb2_grpc.AggregatorServiceStub
+EVERY_COUNTRY = Countries([], [])
+
+# A backfill written straight into the log, as ingest writes it: $1 events of $2
+# learners from $3 on, one every $4 seconds, keys made unique by $5.
+BACKFILL = """
+WITH stored AS (
+    INSERT INTO events (user_id, idempotency_key, occurred_at, word_count, study_seconds, country)
+    SELECT md5('learner-' || (i % $2))::uuid,
+           md5($5 || '-' || i)::uuid,
+           $3::timestamptz + i * $4 * interval '1 second',
+           i % 50,
+           i % 600,
+           (ARRAY['JP', 'US', 'DE', ''])[1 + i % 4]
+    FROM generate_series(1, $1) AS i
+    RETURNING user_id, occurred_at, word_count, study_seconds, country
+)
+INSERT INTO pending_events (half, user_id, occurred_at, word_count, study_seconds, country)
+SELECT (SELECT half FROM pending_half), * FROM stored
+"""
+TOTALS = """
+SELECT (SELECT count(*) FROM events) AS stored,
+       (SELECT count(*) FROM pending_events) AS pending,
+       (SELECT coalesce(sum(events), 0) FROM rollups WHERE unit = 'slot' AND country = '*')
+           AS slots,
+       (SELECT coalesce(sum(events), 0) FROM rollups WHERE unit = 'month' AND country <> '*')
+           AS months_by_country,
+       (SELECT coalesce(sum(events), 0) FROM learner_hours) AS learner_hours,
+       (SELECT coalesce(sum(events), 0) FROM learner_months) AS learner_months,
+       (SELECT count(*) FROM learners) AS learners,
+       (SELECT count(DISTINCT user_id) FROM events) AS distinct_learners
+"""
+FOLD_STATEMENT = r"^-- (Reads the sealed half|Gives every learner|Adds the batch)"
+
+
+async def folded(conn: asyncpg.Connection, *, within: float = 60) -> None:
+    """Wait until the log is empty: every stored event is in the rollups."""
+    async with asyncio.timeout(within):
+        while await conn.fetchval("SELECT count(*) FROM pending_events"):
+            await asyncio.sleep(0.05)
+
+
+def assert_folded_exactly(totals: asyncpg.Record, events: int) -> None:
+    """Every stored event is counted once in every rollup, and none is left pending."""
+    assert totals["stored"] == events
+    assert totals["pending"] == 0
+    for rollup in ("slots", "months_by_country", "learner_hours", "learner_months"):
+        assert totals[rollup] == events, rollup
+    assert totals["learners"] == totals["distinct_learners"]
+
+
+@pytest.mark.parametrize("seed", [3, 5])
+async def test_answers_stay_exact_while_ingest_and_the_folder_race_them(
+    stub: Stub, pool: asyncpg.Pool, server: RunningServer, seed: int
+) -> None:
+    rng = random.Random(seed)
+    sent = reference.random_events(rng, seed)
+    rng.shuffle(sent)
+    acknowledged: list[reference.Sent] = []
+    diffs = reference.Differences(seed)
+    pending_seen = Counter[bool]()
+    for round_events in (sent[i::4] for i in range(4)):
+        # Three streams at once; then questions at once, while the folder folds them.
+        streams = [round_events[i::3] for i in range(3)]
+        responses = await asyncio.gather(
+            *(
+                record(stub, [[e.message() for e in part[j::5]] for j in range(5)])
+                for part in streams
+            )
+        )
+        assert sum(r.inserted for r in responses) == len(round_events)
+        acknowledged += round_events
+        pending_seen[bool(await pool.fetchval("SELECT count(*) FROM pending_events"))] += 1
+        for _ in range(20):
+            q = reference.random_question(rng, seed, acknowledged)
+            await asyncio.gather(
+                reference.check_summary(stub, pool, diffs, q, acknowledged, "", 3),
+                reference.check_summary(
+                    stub, pool, diffs, q, acknowledged, rng.choice(acknowledged).user_id, 2
+                ),
+                reference.check_uniques(stub, pool, diffs, q, acknowledged),
+                reference.check_breakdown(stub, pool, diffs, q, acknowledged, rng),
+            )
+    assert not diffs.found, diffs.report()
+    # The questions did race the folder: some found events still pending, and it folded.
+    assert pending_seen[True] > 0
+    assert server.folder.folded > 0
+
+
+async def test_every_answer_counts_what_was_acknowledged_while_others_write(
+    stub: Stub, server: RunningServer
+) -> None:
+    async def writer(k: int) -> None:
+        # Each writer owns a day, its learners and a country, so what it acknowledged
+        # is exactly what every answer about that day must count.
+        day = datetime(2024, 3, 4 + 2 * k, tzinfo=UTC)
+        span = {"start_time": timestamp(day), "end_time": timestamp(day + timedelta(days=1))}
+        country = ["JP", "US", "DE", "FR"][k]
+        learners = [str(uuid.uuid4()) for _ in range(6)]
+        rng = random.Random(k)
+        mine: list[pb.Event] = []
+        for _ in range(6):
+            batches = [
+                [
+                    event(
+                        user_id=rng.choice(learners),
+                        at=day + timedelta(seconds=rng.randrange(86_400)),
+                        words=rng.randrange(100),
+                        seconds=rng.randrange(600),
+                        country=country,
+                    )
+                    for _ in range(rng.randrange(1, 300))
+                ]
+                for _ in range(3)
+            ]
+            response = await record(stub, batches)
+            mine += [e for batch in batches for e in batch]
+            assert response.inserted == sum(len(b) for b in batches)
+
+            words = sum(e.word_count for e in mine)
+            users = {e.user_id for e in mine}
+            summary = await stub.Summary(pb.SummaryRequest(**span, time_zone="+05:45"))
+            assert (summary.totals.events, summary.totals.word_count) == (len(mine), words)
+            assert summary.totals.active_users == len(users)
+            assert sum(b.events for b in summary.buckets) == len(mine)
+            uniques = await stub.Uniques(
+                pb.UniquesRequest(**span, granularity=pb.GRANULARITY_HOUR, countries=[country])
+            )
+            assert uniques.unique_users == len(users)
+            countries = await stub.Breakdown(
+                pb.BreakdownRequest(**span, dimension=pb.DIMENSION_COUNTRY)
+            )
+            assert [(r.key, r.events, r.word_count) for r in countries.rows] == [
+                (country, len(mine), words)
+            ]
+            top = await stub.Breakdown(
+                pb.BreakdownRequest(
+                    **span, dimension=pb.DIMENSION_USER, metric=pb.METRIC_WORD_COUNT, limit=3
+                )
+            )
+            by_learner = Counter[str]()
+            for e in mine:
+                by_learner[e.user_id] += e.word_count
+            expected = sorted(by_learner.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+            assert [(r.key, r.word_count) for r in top.rows] == expected
+            learner = rng.choice(sorted(users))
+            one = await stub.Summary(pb.SummaryRequest(**span, user_id=learner))
+            assert one.totals.events == sum(1 for e in mine if e.user_id == learner)
+
+    await asyncio.gather(*(writer(k) for k in range(4)))
+    assert server.folder.folded > 0
+
+
+async def test_an_answer_holding_the_log_neither_stops_the_folder_nor_sees_it_move(
+    stub: Stub, pool: asyncpg.Pool, server: RunningServer
+) -> None:
+    day = (datetime(2024, 5, 1, tzinfo=UTC), datetime(2024, 5, 2, tzinfo=UTC))
+    await record(stub, [[event(at=day[0] + timedelta(hours=1)) for _ in range(100)]])
+    async with snapshot(pool) as held:
+        (before,) = await activity.sums(held, [day], EVERY_COUNTRY)
+        # The folder empties the half it folds with TRUNCATE, which must wait for this
+        # answer; it gives up waiting and deletes the rows instead.
+        await record(stub, [[event(at=day[0] + timedelta(hours=2)) for _ in range(50)]])
+        async with pool.acquire() as conn:
+            await folded(conn, within=30)
+        (during,) = await activity.sums(held, [day], EVERY_COUNTRY)
+    summary = await stub.Summary(
+        pb.SummaryRequest(start_time=timestamp(day[0]), end_time=timestamp(day[1]))
+    )
+    assert before.events == during.events == 100
+    assert summary.totals.events == 150
+
+
+@contextlib.asynccontextmanager
+async def two_servers(database_url: str) -> AsyncIterator[list[RunningServer]]:
+    """Two servers, each with its own pool (and folder), on one database."""
+    pools = [await create_pool(database_url, min_size=1, max_size=4) for _ in range(2)]
+    servers = [await start_server(p, Settings(listen="127.0.0.1:0")) for p in pools]
+    try:
+        yield servers
+    finally:
+        for running, p in zip(servers, pools, strict=True):
+            await running.stop(None)
+            await p.close()
+
+
+async def test_two_servers_on_one_database_fold_every_event_once(database_url: str) -> None:
+    async with two_servers(database_url) as servers:
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{s.port}") for s in servers]
+        stubs = [aggregator_pb2_grpc.AggregatorServiceStub(c) for c in channels]
+        learners = [str(uuid.uuid4()) for _ in range(40)]
+        start = datetime(2024, 1, 1, tzinfo=UTC)
+        rng = random.Random(7)
+
+        async def stream(i: int) -> int:
+            batches = [
+                [
+                    event(
+                        user_id=rng.choice(learners),
+                        at=start + timedelta(minutes=rng.randrange(60 * 24 * 90)),
+                        country=rng.choice(["JP", "US", ""]),
+                    )
+                    for _ in range(200)
+                ]
+                for _ in range(5)
+            ]
+            response = await record(stubs[i % 2], batches)
+            return int(response.inserted)
+
+        inserted = sum(await asyncio.gather(*(stream(i) for i in range(24))))
+        conn = await asyncpg.connect(database_url)
+        try:
+            await folded(conn)
+            totals = await conn.fetchrow(TOTALS)
+        finally:
+            await conn.close()
+        summaries = [
+            await stub.Summary(
+                pb.SummaryRequest(
+                    start_time=timestamp(start), end_time=timestamp(start + timedelta(days=90))
+                )
+            )
+            for stub in stubs
+        ]
+        for channel in channels:
+            await channel.close()
+    assert inserted == 24 * 5 * 200
+    assert_folded_exactly(totals, inserted)
+    # Each event was folded by exactly one of the two folders.
+    assert sum(s.folder.folded for s in servers) == inserted
+    assert [s.totals.events for s in summaries] == [inserted, inserted]
+    assert [s.totals.active_users for s in summaries] == [len(learners)] * 2
+
+
+async def test_a_service_killed_in_the_middle_of_a_fold_loses_nothing_and_counts_nothing_twice(
+    database_url: str,
+) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(BACKFILL, 50_000, 500, datetime(2023, 1, 1, tzinfo=UTC), 30, "first")
+        process = await start_serve("--database-url", database_url)
+        try:
+            await folded(conn)
+            await conn.execute(
+                BACKFILL, 300_000, 2000, datetime(2023, 3, 1, tzinfo=UTC), 50, "second"
+            )
+            # Kill it once its folder is inside the fold of the second backfill.
+            async with asyncio.timeout(60):
+                while not await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query ~ $1",
+                    FOLD_STATEMENT,
+                ):
+                    await asyncio.sleep(0.002)
+            process.send_signal(signal.SIGKILL)
+            await process.wait()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        # The fold never committed: the second backfill is still all pending, the first
+        # all folded.
+        half_done = await conn.fetchrow(TOTALS)
+        assert half_done["pending"] == 300_000
+        assert half_done["slots"] == half_done["learner_hours"] == 50_000
+
+        process = await start_serve("--database-url", database_url)
+        try:
+            await folded(conn)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(process.wait(), 60) == 0
+        assert_folded_exactly(await conn.fetchrow(TOTALS), 350_000)
+    finally:
+        await conn.close()
+
+
+async def test_the_folders_memory_stays_bounded_on_a_large_backlog(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        # Two million events of a backfill, spread over a year.
+        await conn.execute(
+            BACKFILL, 2_000_000, 20_000, datetime(2023, 1, 1, tzinfo=UTC), 15, "bulk"
+        )
+        process = await start_serve("--database-url", database_url)
+        try:
+            peak = 0
+            async with asyncio.timeout(300):
+                while await conn.fetchval("SELECT count(*) FROM pending_events"):
+                    peak = max(peak, resident_megabytes(process.pid))
+                    await asyncio.sleep(0.2)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), 60)
+        assert_folded_exactly(await conn.fetchrow(TOTALS), 2_000_000)
+    finally:
+        await conn.close()
+    # A service at rest holds about 50 MB; folding two million events in one batch must
+    # not add more than a day of rollup units' worth to that.
+    assert 0 < peak < 150, f"the service grew to {peak} MB folding the backlog"
+
+
+def resident_megabytes(pid: int) -> int:
+    """The resident memory of process `pid`, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+    return 0
