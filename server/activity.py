@@ -75,7 +75,7 @@ async def sums_by_country(
 async def _sums(
     conn: asyncpg.Connection, spans: Sequence[Span], countries: Countries, *, per_country: bool
 ) -> list[asyncpg.Record]:
-    tiles = units.Tiles.of(spans)
+    tiles = units.Tiles.of(spans, _units(countries, per_country=per_country))
     rows: list[asyncpg.Record] = await conn.fetch(
         query("bucket_sums"),
         tiles.runs.units,
@@ -129,7 +129,8 @@ async def _learners(
 ) -> tuple[list[dict[str, learner_sets.LearnerSet] | int], learner_sets.Numbering]:
     """Per span, the learners per country ("" for all when not `per_country`), or their
     count where one stored row holds it (never when `sets`)."""
-    tilings = [units.tile(lo, hi) for lo, hi in spans]
+    kept = _units(countries, per_country=per_country)
+    tilings = [units.tile(lo, hi, kept) for lo, hi in spans]
     edges = sorted({edge for tiling in tilings for edge in tiling.edges})
     loose = await conn.fetch(
         query("loose_learners"),
@@ -209,3 +210,10 @@ async def _learners(
             parts[country].append(learner_sets.LearnerSet(numbered))
         answers.append({country: learner_sets.union(sets) for country, sets in parts.items()})
     return answers, numbering
+
+
+def _units(countries: Countries, *, per_country: bool) -> tuple[str, ...]:
+    """The rollup units a question can read: slots only when it needs every country together."""
+    if per_country or countries.only or countries.excluded:
+        return units.COUNTRY_UNITS
+    return units.UNITS

@@ -34,12 +34,9 @@ from daily_aggregator.server import learner_sets, units
 from daily_aggregator.server.database import UNAVAILABLE_ERRORS
 from daily_aggregator.server.queries import query
 
-__all__ = ["ALL_COUNTRIES", "LEADERS_LENGTH", "Fold", "Folder"]
+__all__ = ["LEADERS_LENGTH", "Fold", "Folder"]
 
 log = logging.getLogger(__name__)
-
-ALL_COUNTRIES = "*"
-"""The country of the rollups that hold every country together."""
 
 LEADERS_LENGTH = 500
 """Learners listed per month and metric in month_leaders."""
@@ -166,30 +163,25 @@ async def _clear(conn: asyncpg.Connection, sealed: int) -> None:
 async def _fold_rollups(conn: asyncpg.Connection) -> None:
     """Add fold_batch to everyone's rollups, merging the learner sets in this process.
 
-    Slots arrive in time order and each slot's learners join the sets of the
-    units holding it. A unit is complete once the slots have moved past it, so
-    each UTC day's slots, hours and day are written back (merged with what is
-    stored) as soon as the next day begins, and months at the end: memory holds
-    one day of units, however long the batch.
+    PostgreSQL sums the batch per unit and country and lists each unit's learners;
+    here each list joins the unit's stored set. Units come a UTC day at a time, and
+    each day is written back as soon as the next begins (months at the end), so
+    memory holds one day of units however long the batch.
     """
     deltas: dict[tuple[str, datetime, str], _Delta] = {}
     day: datetime | None = None
-    async for row in conn.cursor(query("fold_slot_deltas"), prefetch=_ROWS_PER_CHUNK):
-        slot = row["slot"]
-        if day is not None and slot >= units.following("day", day):
-            await _store_rollups(conn, [k for k in deltas if k[0] != "month"], deltas)
-        day = units.floor("day", slot)
-        active = learner_sets.LearnerSet(row["learners"])
-        for unit in units.UNITS:
-            start = units.floor(unit, slot)
-            for country in (row["country"], ALL_COUNTRIES):
-                delta = deltas.get((unit, start, country))
-                if delta is None:
-                    delta = deltas[unit, start, country] = _Delta()
-                delta.events += row["events"]
-                delta.word_count += row["word_count"]
-                delta.study_seconds += row["study_seconds"]
-                delta.learners |= active
+    async for row in conn.cursor(query("fold_rollup_deltas"), prefetch=_ROWS_PER_CHUNK):
+        unit, start = row["unit"], row["start"]
+        if unit != "month":
+            if day is not None and start >= units.following("day", day):
+                await _store_rollups(conn, [k for k in deltas if k[0] != "month"], deltas)
+            day = units.floor("day", start)
+        deltas[unit, start, row["country"]] = _Delta(
+            row["events"],
+            row["word_count"],
+            row["study_seconds"],
+            learner_sets.LearnerSet(row["learners"]),
+        )
     await _store_rollups(conn, list(deltas), deltas)
 
 

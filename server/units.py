@@ -18,10 +18,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["UNITS", "Run", "Runs", "Tiles", "Tiling", "floor", "following", "tile"]
+__all__ = ["COUNTRY_UNITS", "UNITS", "Run", "Runs", "Tiles", "Tiling", "floor", "following", "tile"]
 
 UNITS = ("month", "day", "hour", "slot")
 """Every unit, coarsest first."""
+
+COUNTRY_UNITS = ("month", "day", "hour")
+"""The units rollups keep per country: slots are kept for every country together only."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LENGTHS = {"day": timedelta(days=1), "hour": timedelta(hours=1), "slot": timedelta(minutes=15)}

@@ -112,6 +112,8 @@ CREATE TABLE learners (
 -- sums, and the set of learners (a serialized roaring bitmap of learner
 -- numbers) with their count. The key covers the sums, so bucket sums come from
 -- the index alone; sets are read only where a distinct count needs them.
+-- Slots are kept for '*' only: a question filtered by country reads the part
+-- of an hour it needs from the events.
 CREATE TABLE rollups (
     unit          text        NOT NULL CHECK (unit IN ('slot', 'hour', 'day', 'month')),
     start         timestamptz NOT NULL,
