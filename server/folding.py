@@ -163,25 +163,38 @@ async def _clear(conn: asyncpg.Connection, sealed: int) -> None:
 async def _fold_rollups(conn: asyncpg.Connection) -> None:
     """Add fold_batch to everyone's rollups, merging the learner sets in this process.
 
-    PostgreSQL sums the batch per unit and country and lists each unit's learners;
-    here each list joins the unit's stored set. Units come a UTC day at a time, and
-    each day is written back as soon as the next begins (months at the end), so
-    memory holds one day of units however long the batch.
+    PostgreSQL sums the batch per slot (every country together) and per hour and
+    country, listing each one's learners; here each hour also counts towards its
+    day, its month and the same units of every country together. Units come a UTC
+    day at a time, and each day is written back (merged with what is stored) as
+    soon as the next begins, months at the end: memory holds one day of units,
+    however long the batch.
     """
     deltas: dict[tuple[str, datetime, str], _Delta] = {}
     day: datetime | None = None
     async for row in conn.cursor(query("fold_rollup_deltas"), prefetch=_ROWS_PER_CHUNK):
-        unit, start = row["unit"], row["start"]
-        if unit != "month":
-            if day is not None and start >= units.following("day", day):
-                await _store_rollups(conn, [k for k in deltas if k[0] != "month"], deltas)
-            day = units.floor("day", start)
-        deltas[unit, start, row["country"]] = _Delta(
-            row["events"],
-            row["word_count"],
-            row["study_seconds"],
-            learner_sets.LearnerSet(row["learners"]),
-        )
+        start = row["start"]
+        if day is not None and start >= units.following("day", day):
+            await _store_rollups(conn, [k for k in deltas if k[0] != "month"], deltas)
+        day = units.floor("day", start)
+        active = learner_sets.LearnerSet(row["learners"])
+        if row["unit"] == "slot":
+            keys = [("slot", start, "*")]
+        else:
+            month = units.floor("month", start)
+            keys = [
+                (unit, at, country)
+                for unit, at in (("hour", start), ("day", day), ("month", month))
+                for country in (row["country"], "*")
+            ]
+        for key in keys:
+            delta = deltas.get(key)
+            if delta is None:
+                delta = deltas[key] = _Delta()
+            delta.events += row["events"]
+            delta.word_count += row["word_count"]
+            delta.study_seconds += row["study_seconds"]
+            delta.learners |= active
     await _store_rollups(conn, list(deltas), deltas)
 
 
