@@ -15,8 +15,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from daily_aggregator.server.access import TokenRegistry, TokensFileError, read_tokens
 from daily_aggregator.server.access_log import AccessLogInterceptor
-from daily_aggregator.server.auth import BearerTokenInterceptor, read_tokens
+from daily_aggregator.server.auth import BearerTokenInterceptor
 from daily_aggregator.server.config import Settings
 from daily_aggregator.server.database import (
     CONNECTION_ERRORS,
@@ -67,20 +68,22 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
     """Start AggregatorService with health checking and reflection on `settings.listen`.
 
     Bind port 0 to get a free port; the bound port is returned. With `settings.tokens_file`
-    every AggregatorService call needs one of its bearer tokens; with `settings.tls_cert`
-    the port speaks TLS.
+    every AggregatorService call needs one of its bearer tokens, with the scope its method
+    needs; with `settings.tls_cert` the port speaks TLS.
 
     Raises:
         StartupError: the address is taken, or the tokens or TLS files cannot be used.
     """
     prefix = f"/{SERVICE_NAME}/"
-    interceptors: list[grpc.aio.ServerInterceptor] = [AccessLogInterceptor(prefix)]
-    if settings.tokens_file is not None:
-        try:
-            tokens = read_tokens(settings.tokens_file)
-        except (OSError, ValueError) as exc:
-            raise StartupError(f"cannot use the tokens file: {exc}") from exc
-        interceptors.append(BearerTokenInterceptor(tokens, prefix=prefix))
+    registry = _token_registry(settings.tokens_file)
+    # The access log comes first, so it also logs the calls the others turn away.
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        AccessLogInterceptor(
+            prefix, caller_name=registry.caller_name if registry is not None else None
+        )
+    ]
+    if registry is not None:
+        interceptors.append(BearerTokenInterceptor(registry, prefix=prefix))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -115,6 +118,15 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server, port, health_servicer, folder, folding)
+
+
+def _token_registry(path: Path | None) -> TokenRegistry | None:
+    if path is None:
+        return None
+    try:
+        return TokenRegistry(read_tokens(path))
+    except (OSError, TokensFileError) as exc:
+        raise StartupError(f"cannot use the tokens file: {exc}") from exc
 
 
 def _tls_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
