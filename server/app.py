@@ -31,6 +31,7 @@ from daily_aggregator.server.embedded import (
     EmbeddedPostgresError,
 )
 from daily_aggregator.server.folding import Folder
+from daily_aggregator.server.rate_limits import RateLimiter, RateLimitInterceptor
 from daily_aggregator.server.service import AggregatorService
 from daily_aggregator.server.timezones import TimeZones
 from daily_aggregator.v1 import aggregator_pb2, aggregator_pb2_grpc
@@ -69,7 +70,7 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
 
     Bind port 0 to get a free port; the bound port is returned. With `settings.tokens_file`
     every AggregatorService call needs one of its bearer tokens, with the scope its method
-    needs; with `settings.tls_cert` the port speaks TLS.
+    needs, within the token's rates; with `settings.tls_cert` the port speaks TLS.
 
     Raises:
         StartupError: the address is taken, or the tokens or TLS files cannot be used.
@@ -83,7 +84,11 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
         )
     ]
     if registry is not None:
-        interceptors.append(BearerTokenInterceptor(registry, prefix=prefix))
+        limiter = RateLimiter(registry.tokens, on_limited=None)
+        interceptors += [
+            BearerTokenInterceptor(registry, prefix=prefix),
+            RateLimitInterceptor(registry, limiter, prefix=prefix),
+        ]
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[

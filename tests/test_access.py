@@ -1,10 +1,12 @@
-"""Per-token scopes and names: a real server over real channels."""
+"""Per-token scopes, rates and names: a real server over real channels."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,11 +15,14 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from daily_aggregator.client import AsyncClient, Event, PermissionDeniedError
-from daily_aggregator.server.access import METHOD_SCOPES, Scope, required_scope
+from daily_aggregator.server.access import METHOD_SCOPES, Scope, Token, required_scope
 from daily_aggregator.server.app import RunningServer, StartupError, start_server
 from daily_aggregator.server.config import Settings
+from daily_aggregator.server.rate_limits import RateLimiter
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
 from tests.support import cli, event, timestamp
@@ -30,6 +35,8 @@ SECRETS = {
     "dashboard": "query-secret-3c4d",
     "ops": "admin-secret-5e6f",
     "token-5": "bare-secret-7a8b",
+    "reports": "slow-queries-9c0d",
+    "feeder": "slow-events-1e2f",
 }
 TOKENS_FILE = f"""\
 # name -> what it may do
@@ -37,6 +44,8 @@ TOKENS_FILE = f"""\
 {SECRETS["dashboard"]} name=dashboard scopes=query
 {SECRETS["ops"]}    scopes=admin  name=ops
 {SECRETS["token-5"]}
+{SECRETS["reports"]} queries_per_second=1 name=reports
+{SECRETS["feeder"]} scopes=ingest,query events_per_second=100 name=feeder
 """
 
 Stub = aggregator_pb2_grpc.AggregatorServiceStub
@@ -124,6 +133,86 @@ def test_methods_not_in_the_scopes_table_need_admin() -> None:
     assert set(METHOD_SCOPES) <= set(service.methods_by_name)
     assert required_scope("DeleteUser") is Scope.ADMIN
     assert required_scope("Summary") is Scope.QUERY
+
+
+def retry_delay(error: grpc.aio.AioRpcError) -> float:
+    """The RetryInfo delay of a failed call, in seconds."""
+    status = rpc_status.from_call(error)
+    assert status is not None
+    [detail] = status.details
+    info = error_details_pb2.RetryInfo()
+    assert detail.Unpack(info)
+    return info.retry_delay.ToTimedelta().total_seconds()
+
+
+async def test_queries_over_their_rate_get_resource_exhausted_with_retry_info(
+    scoped_stub: Stub,
+) -> None:
+    summary = calls(scoped_stub)["Summary"]
+    # 1 query per second, burst 1: twenty at once cannot all be admitted.
+    outcomes = await asyncio.gather(
+        *(summary(bearer("reports")) for _ in range(20)), return_exceptions=True
+    )
+    refusals = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert 1 <= len(refusals) < 20, outcomes
+    for refusal in refusals:
+        assert refusal.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert re.fullmatch(
+            r"token 'reports' is over its 1 queries per second; retry in 0\.\d{3} s",
+            refusal.details() or "",
+        )
+        assert 0 < retry_delay(refusal) <= 1.0
+
+    # Another token's rate is its own.
+    await summary(bearer("dashboard"))
+
+    # Waiting as long as RetryInfo says is enough.
+    for _ in range(20):
+        try:
+            await summary(bearer("reports"))
+        except grpc.aio.AioRpcError as refused:
+            await asyncio.sleep(retry_delay(refused))
+            await summary(bearer("reports"))
+            break
+    else:
+        pytest.fail("twenty queries in a row at 1 per second were all admitted")
+
+
+async def test_a_stream_over_its_events_rate_is_slowed_down_and_stores_everything(
+    scoped_stub: Stub, pool: asyncpg.Pool
+) -> None:
+    # 100 events per second, burst 100: the first message (over a second's worth) takes a
+    # full bucket and leaves it 150 in debt, so the second can go 2 s later at the earliest.
+    requests = [
+        pb.RecordEventsRequest(events=[event() for _ in range(250)]),
+        pb.RecordEventsRequest(events=[event() for _ in range(50)]),
+    ]
+    began = time.monotonic()
+    response = await scoped_stub.RecordEvents(iter(requests), metadata=bearer("feeder"))
+    took = time.monotonic() - began
+    assert (response.received, response.inserted) == (300, 300)
+    assert await pool.fetchval("SELECT count(*) FROM events") == 300
+    assert took >= 2.0, took
+
+    # Its queries are not limited by its events rate.
+    await calls(scoped_stub)["Summary"](bearer("feeder"))
+
+
+async def test_the_rate_limiter_reports_each_refusal_and_hold_up() -> None:
+    limited: list[tuple[str, str]] = []
+    token = Token("cron", frozenset(Scope), events_per_second=50, queries_per_second=1)
+    limiter = RateLimiter([token], on_limited=lambda name, meter: limited.append((name, meter)))
+    assert limiter.admit_query("cron") == 0
+    assert limiter.admit_query("cron") > 0
+    assert limiter.admit_query("someone-unlimited") == 0
+    assert limited == [("cron", "queries")]
+
+    await limiter.admit_events("cron", 50)  # the full bucket
+    assert limited == [("cron", "queries")]
+    began = time.monotonic()
+    await limiter.admit_events("cron", 5)
+    assert time.monotonic() - began >= 0.1
+    assert limited == [("cron", "queries"), ("cron", "events")]
 
 
 async def test_the_access_log_names_the_token_and_never_shows_it(
