@@ -70,12 +70,14 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
 
     Bind port 0 to get a free port; the bound port is returned. With `settings.tokens_file`
     every AggregatorService call needs one of its bearer tokens, with the scope its method
-    needs, within the token's rates; with `settings.tls_cert` the port speaks TLS.
+    needs, within the token's rates; with `settings.tls_cert` the port speaks TLS, and with
+    `settings.tls_client_ca` it also requires client certificates that CA signed.
 
     Raises:
         StartupError: the address is taken, or the tokens or TLS files cannot be used.
     """
     prefix = f"/{SERVICE_NAME}/"
+    credentials = _tls_credentials(settings)
     registry = _token_registry(settings.tokens_file)
     # The access log comes first, so it also logs the calls the others turn away.
     interceptors: list[grpc.aio.ServerInterceptor] = [
@@ -105,9 +107,6 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
     reflection.enable_server_reflection(
         [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    credentials = None
-    if settings.tls_cert is not None and settings.tls_key is not None:
-        credentials = _tls_credentials(settings.tls_cert, settings.tls_key)
     try:
         if credentials is None:
             port = server.add_insecure_port(settings.listen)
@@ -134,13 +133,23 @@ def _token_registry(path: Path | None) -> TokenRegistry | None:
         raise StartupError(f"cannot use the tokens file: {exc}") from exc
 
 
-def _tls_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
+def _tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """The server's TLS credentials; None for plaintext."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        if settings.tls_client_ca is not None:
+            raise StartupError("a client CA (--tls-client-ca) needs --tls-cert and --tls-key")
+        return None
     try:
-        chain = cert.read_bytes()
-        private_key = key.read_bytes()
+        chain = settings.tls_cert.read_bytes()
+        private_key = settings.tls_key.read_bytes()
+        client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
     except OSError as exc:
         raise StartupError(f"cannot read the TLS files: {exc}") from exc
-    return grpc.ssl_server_credentials([(private_key, chain)])
+    return grpc.ssl_server_credentials(
+        [(private_key, chain)],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 @contextlib.asynccontextmanager

@@ -1,4 +1,4 @@
-"""Per-token scopes, rates and names: a real server over real channels."""
+"""Per-token scopes, rates and names, and mutual TLS: a real server over real channels."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import asyncio
 import dataclasses
 import logging
 import re
+import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,12 @@ import asyncpg
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from daily_aggregator.client import AsyncClient, Event, PermissionDeniedError
 from daily_aggregator.server.access import METHOD_SCOPES, Scope, Token, required_scope
-from daily_aggregator.server.app import RunningServer, StartupError, start_server
+from daily_aggregator.server.app import SERVICE_NAME, RunningServer, StartupError, start_server
 from daily_aggregator.server.config import Settings
 from daily_aggregator.server.rate_limits import RateLimiter
 from daily_aggregator.v1 import aggregator_pb2 as pb
@@ -284,3 +286,95 @@ async def test_a_bad_tokens_file_line_stops_the_start_naming_line_and_problem(
         f"daily-aggregator serve: cannot use the tokens file: {path}, line 2: unknown scope "
         "'everything'; the scopes are ingest, query, admin"
     )
+
+
+def certificate(directory: Path, name: str, *, signer: str | None = None) -> tuple[Path, Path]:
+    """A certificate and key `name`.pem/.key in `directory`: a CA when `signer` is None,
+    else a client certificate signed by the CA `signer`."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    command = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+               "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-keyout", str(key),
+               "-out", str(cert), "-subj", f"/CN={name}"]  # fmt: skip
+    if signer is not None:
+        command += ["-CA", str(directory / f"{signer}.pem"),
+                    "-CAkey", str(directory / f"{signer}.key"),
+                    "-addext", "basicConstraints=critical,CA:FALSE",
+                    "-addext", "extendedKeyUsage=clientAuth"]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True)
+    return cert, key
+
+
+def server_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed server certificate for 127.0.0.1 and localhost, and its key."""
+    cert, key = directory / "server.pem", directory / "server.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def client_credentials(server_cert: Path, client: Sequence[Path] = ()) -> grpc.ChannelCredentials:
+    if not client:
+        return grpc.ssl_channel_credentials(root_certificates=server_cert.read_bytes())
+    cert, key = client
+    return grpc.ssl_channel_credentials(
+        root_certificates=server_cert.read_bytes(),
+        private_key=key.read_bytes(),
+        certificate_chain=cert.read_bytes(),
+    )
+
+
+async def test_mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca(
+    pool: asyncpg.Pool, settings: Settings, tmp_path: Path
+) -> None:
+    server_cert, server_key = server_certificate(tmp_path)
+    client_ca, _ = certificate(tmp_path, "client-ca")
+    certificate(tmp_path, "other-ca")
+    trusted = certificate(tmp_path, "ingest-service", signer="client-ca")
+    stranger = certificate(tmp_path, "stranger", signer="other-ca")
+    mutual = dataclasses.replace(
+        settings, tls_cert=server_cert, tls_key=server_key, tls_client_ca=client_ca
+    )
+    running = await start_server(pool, mutual)
+    target = f"127.0.0.1:{running.port}"
+    try:
+        credentials = client_credentials(server_cert, trusted)
+        async with AsyncClient(target, credentials=credentials) as client:
+            user = "33333333-3333-4333-8333-333333333333"
+            assert (await client.record([Event(user, 7, 70, occurred_at=START)])).inserted == 1
+            assert (await client.uniques(START, END)).unique_users == 1
+
+        for refused in (client_credentials(server_cert), client_credentials(server_cert, stranger)):
+            async with grpc.aio.secure_channel(target, refused) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5
+                    )
+                assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        cert, key = trusted
+        span = ("--from", "2025-06-01T00:00:00Z", "--to", "2025-06-02T00:00:00Z", "--json")
+        ok = await cli("uniques", "--target", target, "--tls-ca", str(server_cert),
+                       "--tls-client-cert", str(cert), "--tls-client-key", str(key),
+                       *span)  # fmt: skip
+        assert ok.code == 0, ok.err
+        assert '"unique_users": 1' in ok.out
+    finally:
+        await running.stop(None)
+
+    with pytest.raises(StartupError) as refused_start:
+        await start_server(pool, dataclasses.replace(settings, tls_client_ca=client_ca))
+    assert str(refused_start.value) == (
+        "a client CA (--tls-client-ca) needs --tls-cert and --tls-key"
+    )
+    with pytest.raises(SystemExit):
+        Settings.from_args(["--tls-client-ca", str(client_ca)], env={})
+    parsed = Settings.from_args(
+        ["--tls-cert", str(server_cert), "--tls-key", str(server_key)],
+        env={"DAILY_AGGREGATOR_TLS_CLIENT_CA": str(client_ca)},
+    )
+    assert parsed.tls_client_ca == client_ca

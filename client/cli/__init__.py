@@ -154,6 +154,19 @@ def _parser() -> argparse.ArgumentParser:
         help="connect with TLS, trusting the PEM certificates in FILE "
         "(env DAILY_AGGREGATOR_TLS_CA)",
     )
+    connection.add_argument(
+        "--tls-client-cert",
+        metavar="FILE",
+        default=os.environ.get("DAILY_AGGREGATOR_TLS_CLIENT_CERT") or None,
+        help="connect with TLS and present the PEM client certificate chain in FILE, for a "
+        "service that requires one (env DAILY_AGGREGATOR_TLS_CLIENT_CERT)",
+    )
+    connection.add_argument(
+        "--tls-client-key",
+        metavar="FILE",
+        default=os.environ.get("DAILY_AGGREGATOR_TLS_CLIENT_KEY") or None,
+        help="the PEM private key of --tls-client-cert (env DAILY_AGGREGATOR_TLS_CLIENT_KEY)",
+    )
 
     ingest = commands.add_parser(
         "ingest",
