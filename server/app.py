@@ -190,6 +190,10 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    # A bad tokens or TLS file is reported at once, not after waiting for PostgreSQL;
+    # start_server reads them again.
+    _token_registry(settings.tokens_file)
+    _tls_credentials(settings)
     async with database(settings) as pool:
         running = await start_server(pool, settings)
         log.info("serving %s on port %d", SERVICE_NAME, running.port)

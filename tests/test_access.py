@@ -268,7 +268,7 @@ BAD_LINES = {
 
 
 async def test_a_bad_tokens_file_line_stops_the_start_naming_line_and_problem(
-    database_url: str, pool: asyncpg.Pool, settings: Settings, tmp_path: Path
+    pool: asyncpg.Pool, settings: Settings, tmp_path: Path
 ) -> None:
     path = tmp_path / "tokens"
     for content, problem in BAD_LINES.items():
@@ -278,9 +278,11 @@ async def test_a_bad_tokens_file_line_stops_the_start_naming_line_and_problem(
         assert str(refused.value) == f"cannot use the tokens file: {path}, {problem}"
         assert "s3cr3t" not in str(refused.value)
 
+    # Said at once, not after waiting (here for ever) for a database that is not there.
     path.write_text("good-token name=etl\nbad-token scopes=everything\n")
-    served = await cli("serve", "--listen", "127.0.0.1:0", "--database-url", database_url,
-                       "--tokens-file", str(path))  # fmt: skip
+    served = await cli("serve", "--listen", "127.0.0.1:0", "--tokens-file", str(path),
+                       "--database-url", "postgresql://nobody@127.0.0.1:1/none",
+                       "--database-patience", "3600")  # fmt: skip
     assert served.code == 1
     assert served.err.strip().splitlines()[-1] == (
         f"daily-aggregator serve: cannot use the tokens file: {path}, line 2: unknown scope "
