@@ -63,7 +63,9 @@ class AsyncClient:
     Args:
         target: ``host:port`` of the service.
         credentials: Channel credentials (``grpc.ssl_channel_credentials(...)``) for TLS;
-            None for a plaintext channel.
+            None for a plaintext channel. For a service that requires client certificates
+            (mutual TLS), pass ``grpc.ssl_channel_credentials(root_certificates=ca,
+            private_key=key, certificate_chain=cert)`` with the PEM bytes of each.
         token: When given, sent as ``authorization: Bearer <token>`` metadata on every call.
         timeout: Deadline of each call in seconds; None for no deadline.
         retry: How to retry failed calls.

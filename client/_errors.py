@@ -6,8 +6,10 @@
           ├── UnavailableError         UNAVAILABLE: the service or its database cannot be reached,
           │                            or the connection was lost mid-call (safe to retry)
           ├── DeadlineExceededError    DEADLINE_EXCEEDED: the call outlived its timeout
-          ├── ResourceExhaustedError   RESOURCE_EXHAUSTED: a stream message was over the size limit
-          └── UnauthenticatedError     UNAUTHENTICATED: no token, or one the service does not accept
+          ├── ResourceExhaustedError   RESOURCE_EXHAUSTED: a stream message was over the size limit,
+          │                            or the token is over its queries per second
+          ├── UnauthenticatedError     UNAUTHENTICATED: no token, or one the service does not accept
+          └── PermissionDeniedError    PERMISSION_DENIED: the token lacks the scope the call needs
 
 Every other status code (INTERNAL, CANCELLED, ...) is raised as
 `DailyAggregatorError` itself. Every `grpc.RpcError` that leaves the client has been
@@ -28,6 +30,7 @@ __all__ = [
     "DeadlineExceededError",
     "FieldViolation",
     "InvalidArgumentError",
+    "PermissionDeniedError",
     "ResourceExhaustedError",
     "UnauthenticatedError",
     "UnavailableError",
@@ -87,11 +90,17 @@ class DeadlineExceededError(DailyAggregatorError):
 
 
 class ResourceExhaustedError(DailyAggregatorError):
-    """RESOURCE_EXHAUSTED: a stream message exceeded the server's message size limit."""
+    """RESOURCE_EXHAUSTED: a stream message exceeded the server's message size limit, or the
+    token made more calls per second than it may."""
 
 
 class UnauthenticatedError(DailyAggregatorError):
     """UNAUTHENTICATED: the service requires a bearer token and got none it accepts."""
+
+
+class PermissionDeniedError(DailyAggregatorError):
+    """PERMISSION_DENIED: the token is accepted but lacks the scope the call needs; the
+    message names that scope."""
 
 
 _BY_CODE: dict[grpc.StatusCode, type[DailyAggregatorError]] = {
@@ -100,6 +109,7 @@ _BY_CODE: dict[grpc.StatusCode, type[DailyAggregatorError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
 }
 
 # gRPC reports a connection that dies mid-call, or a message it could not send on a stream

@@ -15,8 +15,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from daily_aggregator.server.access import TokenRegistry, TokensFileError, read_tokens
 from daily_aggregator.server.access_log import AccessLogInterceptor
-from daily_aggregator.server.auth import BearerTokenInterceptor, read_tokens
+from daily_aggregator.server.auth import BearerTokenInterceptor
 from daily_aggregator.server.config import Settings
 from daily_aggregator.server.database import (
     CONNECTION_ERRORS,
@@ -30,6 +31,7 @@ from daily_aggregator.server.embedded import (
     EmbeddedPostgresError,
 )
 from daily_aggregator.server.folding import Folder
+from daily_aggregator.server.rate_limits import RateLimiter, RateLimitInterceptor
 from daily_aggregator.server.service import AggregatorService
 from daily_aggregator.server.timezones import TimeZones
 from daily_aggregator.v1 import aggregator_pb2, aggregator_pb2_grpc
@@ -67,20 +69,28 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
     """Start AggregatorService with health checking and reflection on `settings.listen`.
 
     Bind port 0 to get a free port; the bound port is returned. With `settings.tokens_file`
-    every AggregatorService call needs one of its bearer tokens; with `settings.tls_cert`
-    the port speaks TLS.
+    every AggregatorService call needs one of its bearer tokens, with the scope its method
+    needs, within the token's rates; with `settings.tls_cert` the port speaks TLS, and with
+    `settings.tls_client_ca` it also requires client certificates that CA signed.
 
     Raises:
         StartupError: the address is taken, or the tokens or TLS files cannot be used.
     """
     prefix = f"/{SERVICE_NAME}/"
-    interceptors: list[grpc.aio.ServerInterceptor] = [AccessLogInterceptor(prefix)]
-    if settings.tokens_file is not None:
-        try:
-            tokens = read_tokens(settings.tokens_file)
-        except (OSError, ValueError) as exc:
-            raise StartupError(f"cannot use the tokens file: {exc}") from exc
-        interceptors.append(BearerTokenInterceptor(tokens, prefix=prefix))
+    credentials = _tls_credentials(settings)
+    registry = _token_registry(settings.tokens_file)
+    # The access log comes first, so it also logs the calls the others turn away.
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        AccessLogInterceptor(
+            prefix, caller_name=registry.caller_name if registry is not None else None
+        )
+    ]
+    if registry is not None:
+        limiter = RateLimiter(registry.tokens, on_limited=None)
+        interceptors += [
+            BearerTokenInterceptor(registry, prefix=prefix),
+            RateLimitInterceptor(registry, limiter, prefix=prefix),
+        ]
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -97,9 +107,6 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
     reflection.enable_server_reflection(
         [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    credentials = None
-    if settings.tls_cert is not None and settings.tls_key is not None:
-        credentials = _tls_credentials(settings.tls_cert, settings.tls_key)
     try:
         if credentials is None:
             port = server.add_insecure_port(settings.listen)
@@ -117,13 +124,32 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
     return RunningServer(server, port, health_servicer, folder, folding)
 
 
-def _tls_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
+def _token_registry(path: Path | None) -> TokenRegistry | None:
+    if path is None:
+        return None
     try:
-        chain = cert.read_bytes()
-        private_key = key.read_bytes()
+        return TokenRegistry(read_tokens(path))
+    except (OSError, TokensFileError) as exc:
+        raise StartupError(f"cannot use the tokens file: {exc}") from exc
+
+
+def _tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """The server's TLS credentials; None for plaintext."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        if settings.tls_client_ca is not None:
+            raise StartupError("a client CA (--tls-client-ca) needs --tls-cert and --tls-key")
+        return None
+    try:
+        chain = settings.tls_cert.read_bytes()
+        private_key = settings.tls_key.read_bytes()
+        client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
     except OSError as exc:
         raise StartupError(f"cannot read the TLS files: {exc}") from exc
-    return grpc.ssl_server_credentials([(private_key, chain)])
+    return grpc.ssl_server_credentials(
+        [(private_key, chain)],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -164,6 +190,10 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    # A bad tokens or TLS file is reported at once, not after waiting for PostgreSQL;
+    # start_server reads them again.
+    _token_registry(settings.tokens_file)
+    _tls_credentials(settings)
     async with database(settings) as pool:
         running = await start_server(pool, settings)
         log.info("serving %s on port %d", SERVICE_NAME, running.port)

@@ -59,13 +59,19 @@ class Settings:
     or error."""
 
     tokens_file: Path | None = None
-    """File of accepted bearer tokens, one per line. None serves AggregatorService to anyone."""
+    """File of accepted bearer tokens, one per line, each with optional scopes, rates and
+    name (see server/access.py). None serves AggregatorService to anyone."""
 
     tls_cert: Path | None = None
     """PEM certificate chain for TLS; with `tls_key`. None serves plaintext."""
 
     tls_key: Path | None = None
     """PEM private key of `tls_cert`."""
+
+    tls_client_ca: Path | None = None
+    """PEM certificates of the CA that signs client certificates: with it (and `tls_cert`)
+    every connection must present a client certificate it signed (mutual TLS). None asks
+    clients for no certificate."""
 
     @classmethod
     def from_args(
@@ -124,9 +130,10 @@ class Settings:
             "--tokens-file",
             type=Path,
             default=_path(env, "DAILY_AGGREGATOR_TOKENS_FILE"),
-            help="require a bearer token from this file (one per line) on every "
-            "AggregatorService call (env DAILY_AGGREGATOR_TOKENS_FILE); health and "
-            "reflection stay open",
+            help="require a bearer token from this file on every AggregatorService call; "
+            "a line is TOKEN [scopes=ingest,query,admin] [events_per_second=N] "
+            "[queries_per_second=N] [name=NAME] (env DAILY_AGGREGATOR_TOKENS_FILE); health "
+            "and reflection stay open",
         )
         parser.add_argument(
             "--tls-cert",
@@ -140,6 +147,13 @@ class Settings:
             default=_path(env, "DAILY_AGGREGATOR_TLS_KEY"),
             help="the PEM private key of --tls-cert (env DAILY_AGGREGATOR_TLS_KEY)",
         )
+        parser.add_argument(
+            "--tls-client-ca",
+            type=Path,
+            default=_path(env, "DAILY_AGGREGATOR_TLS_CLIENT_CA"),
+            help="require a client certificate signed by the CA in this PEM file (mutual "
+            "TLS; needs --tls-cert and --tls-key; env DAILY_AGGREGATOR_TLS_CLIENT_CA)",
+        )
         args = parser.parse_args(argv)
         if args.max_message_bytes < 1024:
             parser.error("--max-message-bytes must be at least 1024")
@@ -147,6 +161,8 @@ class Settings:
             parser.error(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
         if (args.tls_cert is None) != (args.tls_key is None):
             parser.error("--tls-cert and --tls-key go together")
+        if args.tls_client_ca is not None and args.tls_cert is None:
+            parser.error("--tls-client-ca needs --tls-cert and --tls-key")
         return cls(
             listen=args.listen,
             database_url=args.database_url,
@@ -158,6 +174,7 @@ class Settings:
             tokens_file=args.tokens_file,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
         )
 
 

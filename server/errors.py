@@ -4,22 +4,26 @@
     database unreachable,
     shutting down, deadlock  -> UNAVAILABLE (safe to retry)
     anything else            -> INTERNAL (logged with its traceback)
-    no accepted bearer token -> UNAUTHENTICATED (decided by server/auth.py, before the handler)
+    no accepted bearer token -> UNAUTHENTICATED     (server/auth.py, before the handler)
+    token lacks the scope    -> PERMISSION_DENIED   (server/auth.py, before the handler)
+    token over its rate      -> RESOURCE_EXHAUSTED with google.rpc.RetryInfo
+                                (server/rate_limits.py, before the handler)
 
 Handlers raise; `grpc_errors` wraps each handler and answers with the status. Interceptors
-that turn a call away answer with `refusing`.
+that turn a call away answer with `refusing`, or `refusing_with_status` for a rich status.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -68,6 +72,26 @@ def invalid_argument_status(violations: list[FieldViolation]) -> grpc.Status:
     )
 
 
+def resource_exhausted_status(message: str, retry_delay: float) -> grpc.Status:
+    """A rich RESOURCE_EXHAUSTED status carrying google.rpc.RetryInfo.
+
+    `retry_delay` is in seconds; it is rounded up to the millisecond, so a client that
+    waits as long as told does not come back a moment too early.
+    """
+    milliseconds = max(0, math.ceil(retry_delay * 1000))
+    detail = any_pb2.Any()
+    detail.Pack(
+        error_details_pb2.RetryInfo(
+            retry_delay=duration_pb2.Duration(
+                seconds=milliseconds // 1000, nanos=milliseconds % 1000 * 1_000_000
+            )
+        )
+    )
+    return rpc_status.to_status(
+        status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message, details=[detail])
+    )
+
+
 def grpc_errors(
     handler: Callable[Concatenate[S, P], Awaitable[R]],
 ) -> Callable[Concatenate[S, P], Awaitable[R]]:
@@ -106,5 +130,16 @@ def refusing(
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(code, details)
+
+    return with_behavior(handler, lambda _: refuse)
+
+
+def refusing_with_status(
+    handler: grpc.RpcMethodHandler, status: grpc.Status
+) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that answers every call with `status`."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort_with_status(status)
 
     return with_behavior(handler, lambda _: refuse)

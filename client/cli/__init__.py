@@ -5,8 +5,8 @@ imports `rich`. Exit codes:
 
     0  everything done (ingest: every event was stored or was already stored)
     1  partly done (ingest: some lines were bad, rejected or conflicting) or a service failure
-    2  usage error: a bad flag, a missing file, a request the service refused, or a
-       missing or refused token
+    2  usage error: a bad flag, a missing file, a request the service refused, a
+       missing or refused token, or a token without the scope the command needs
     3  the service cannot be reached
 """
 
@@ -25,6 +25,7 @@ from daily_aggregator.client import (
     DeadlineExceededError,
     Granularity,
     InvalidArgumentError,
+    PermissionDeniedError,
     UnauthenticatedError,
     UnavailableError,
 )
@@ -74,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"daily-aggregator {parsed.command}: not authenticated: {first_line(exc.message)} "
             "(pass --token or set DAILY_AGGREGATOR_TOKEN)"
         )
+        return EXIT_USAGE
+    except PermissionDeniedError as exc:
+        fail(f"daily-aggregator {parsed.command}: not permitted: {first_line(exc.message)}")
         return EXIT_USAGE
     except (UnavailableError, DeadlineExceededError) as exc:
         fail(f"cannot reach Daily Aggregator at {target}: {first_line(exc.message)}")
@@ -149,6 +153,19 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("DAILY_AGGREGATOR_TLS_CA") or None,
         help="connect with TLS, trusting the PEM certificates in FILE "
         "(env DAILY_AGGREGATOR_TLS_CA)",
+    )
+    connection.add_argument(
+        "--tls-client-cert",
+        metavar="FILE",
+        default=os.environ.get("DAILY_AGGREGATOR_TLS_CLIENT_CERT") or None,
+        help="connect with TLS and present the PEM client certificate chain in FILE, for a "
+        "service that requires one (env DAILY_AGGREGATOR_TLS_CLIENT_CERT)",
+    )
+    connection.add_argument(
+        "--tls-client-key",
+        metavar="FILE",
+        default=os.environ.get("DAILY_AGGREGATOR_TLS_CLIENT_KEY") or None,
+        help="the PEM private key of --tls-client-cert (env DAILY_AGGREGATOR_TLS_CLIENT_KEY)",
     )
 
     ingest = commands.add_parser(

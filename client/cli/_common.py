@@ -36,16 +36,29 @@ class UsageError(Exception):
 
 
 def credentials_for(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
-    """TLS credentials from --tls/--tls-ca; None for a plaintext channel."""
-    if args.tls_ca is not None:
-        try:
-            roots = Path(args.tls_ca).read_bytes()
-        except OSError as exc:
-            raise UsageError(f"--tls-ca {args.tls_ca}: {exc.strerror or exc}") from None
-        return grpc.ssl_channel_credentials(root_certificates=roots)
-    if args.tls:
-        return grpc.ssl_channel_credentials()
-    return None
+    """TLS credentials from --tls/--tls-ca/--tls-client-cert; None for a plaintext channel."""
+    if (args.tls_client_cert is None) != (args.tls_client_key is None):
+        raise UsageError("--tls-client-cert and --tls-client-key go together")
+    roots = _read(args, "tls_ca")
+    chain = _read(args, "tls_client_cert")
+    key = _read(args, "tls_client_key")
+    if roots is None and chain is None and not args.tls:
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=roots, private_key=key, certificate_chain=chain
+    )
+
+
+def _read(args: argparse.Namespace, option: str) -> bytes | None:
+    """The contents of the file given to --OPTION; None when the option is not given."""
+    name: str | None = getattr(args, option)
+    if name is None:
+        return None
+    try:
+        return Path(name).read_bytes()
+    except OSError as exc:
+        flag = "--" + option.replace("_", "-")
+        raise UsageError(f"{flag} {name}: {exc.strerror or exc}") from None
 
 
 def client_for(args: argparse.Namespace) -> Client:
