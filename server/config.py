@@ -11,6 +11,7 @@ from pathlib import Path
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
@@ -57,6 +58,10 @@ class Settings:
     log_level: str = "info"
     """Lowest level logged: debug, info (start-up, shutdown and one line per call), warning
     or error."""
+
+    log_format: str = "text"
+    """How log records look on stderr: text lines, or json (one object per line, with the
+    access lines' fields as keys)."""
 
     tokens_file: Path | None = None
     """File of accepted bearer tokens, one per line. None serves AggregatorService to anyone."""
@@ -121,6 +126,13 @@ class Settings:
             "(env DAILY_AGGREGATOR_LOG_LEVEL; default info)",
         )
         parser.add_argument(
+            "--log-format",
+            choices=LOG_FORMATS,
+            default=env.get("DAILY_AGGREGATOR_LOG_FORMAT", "text").lower(),
+            help="text lines, or json: one object per line "
+            "(env DAILY_AGGREGATOR_LOG_FORMAT; default text)",
+        )
+        parser.add_argument(
             "--tokens-file",
             type=Path,
             default=_path(env, "DAILY_AGGREGATOR_TOKENS_FILE"),
@@ -145,6 +157,8 @@ class Settings:
             parser.error("--max-message-bytes must be at least 1024")
         if args.log_level not in LOG_LEVELS:
             parser.error(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+        if args.log_format not in LOG_FORMATS:
+            parser.error(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
         if (args.tls_cert is None) != (args.tls_key is None):
             parser.error("--tls-cert and --tls-key go together")
         return cls(
@@ -155,6 +169,7 @@ class Settings:
             grace_seconds=args.grace_seconds,
             database_patience=args.database_patience,
             log_level=args.log_level,
+            log_format=args.log_format,
             tokens_file=args.tokens_file,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
