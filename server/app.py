@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -30,13 +30,15 @@ from daily_aggregator.server.embedded import (
     EmbeddedPostgresError,
 )
 from daily_aggregator.server.folding import Folder
+from daily_aggregator.server.metrics import MetricsEndpoint, MetricsInterceptor, watch
 from daily_aggregator.server.service import AggregatorService
 from daily_aggregator.server.timezones import TimeZones
 from daily_aggregator.v1 import aggregator_pb2, aggregator_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = aggregator_pb2.DESCRIPTOR.services_by_name["AggregatorService"].full_name
+SERVICE = aggregator_pb2.DESCRIPTOR.services_by_name["AggregatorService"]
+SERVICE_NAME = SERVICE.full_name
 
 
 class StartupError(Exception):
@@ -52,15 +54,21 @@ class RunningServer:
     health: health.HealthServicer
     folder: Folder
     folding: asyncio.Task[None]
+    metrics_port: int | None = None
+    """The port serving /metrics (the one picked for port 0); None without metrics."""
+    telemetry: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    """Stops the metrics endpoint."""
 
     async def stop(self, grace: float | None) -> None:
         """Report NOT_SERVING, stop accepting RPCs, let in-flight ones finish within `grace`,
-        then stop folding (a fold cut short rolls back and is done again later)."""
+        then stop folding (a fold cut short rolls back and is done again later) and serving
+        metrics."""
         self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         self.folding.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.folding
+        await self.telemetry.aclose()
 
 
 async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
@@ -68,13 +76,28 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
 
     Bind port 0 to get a free port; the bound port is returned. With `settings.tokens_file`
     every AggregatorService call needs one of its bearer tokens; with `settings.tls_cert`
-    the port speaks TLS.
+    the port speaks TLS. With `settings.metrics_listen` calls are counted and served as
+    Prometheus metrics.
 
     Raises:
-        StartupError: the address is taken, or the tokens or TLS files cannot be used.
+        StartupError: an address is taken, or the tokens or TLS files cannot be used.
     """
+    telemetry = contextlib.AsyncExitStack()
+    try:
+        return await _start_server(pool, settings, telemetry)
+    except BaseException:
+        await telemetry.aclose()
+        raise
+
+
+async def _start_server(
+    pool: asyncpg.Pool, settings: Settings, telemetry: contextlib.AsyncExitStack
+) -> RunningServer:
     prefix = f"/{SERVICE_NAME}/"
-    interceptors: list[grpc.aio.ServerInterceptor] = [AccessLogInterceptor(prefix)]
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        *_telemetry(prefix, settings, telemetry),
+        AccessLogInterceptor(prefix),
+    ]
     if settings.tokens_file is not None:
         try:
             tokens = read_tokens(settings.tokens_file)
@@ -109,12 +132,40 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
         raise StartupError(
             f"cannot listen on {settings.listen}: address in use or invalid"
         ) from exc
-    await server.start()
     folder = Folder(pool, idle_seconds=settings.fold_idle_seconds)
+    metrics_port = await _serve_metrics(settings, pool, folder, telemetry)
+    await server.start()
     folding = asyncio.create_task(folder.run(), name="folder")
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, folder, folding)
+    return RunningServer(server, port, health_servicer, folder, folding, metrics_port, telemetry)
+
+
+def _telemetry(
+    prefix: str, settings: Settings, telemetry: contextlib.AsyncExitStack
+) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptors that count calls, as `settings` asks; they come first, so that
+    they see the calls later interceptors refuse too."""
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if settings.metrics_listen is not None:
+        interceptors.append(MetricsInterceptor(SERVICE))
+    return interceptors
+
+
+async def _serve_metrics(
+    settings: Settings, pool: asyncpg.Pool, folder: Folder, telemetry: contextlib.AsyncExitStack
+) -> int | None:
+    """Serve /metrics, with `pool`'s and `folder`'s gauges, until `telemetry` closes; return
+    the bound port, or None when `settings` asks for no metrics."""
+    if settings.metrics_listen is None:
+        return None
+    try:
+        endpoint = MetricsEndpoint.start(settings.metrics_listen)
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"cannot serve metrics on {settings.metrics_listen}: {exc}") from exc
+    telemetry.push_async_callback(endpoint.stop)
+    await telemetry.enter_async_context(watch(pool, folder))
+    return endpoint.port
 
 
 def _tls_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
@@ -167,6 +218,9 @@ async def serve(settings: Settings) -> None:
     async with database(settings) as pool:
         running = await start_server(pool, settings)
         log.info("serving %s on port %d", SERVICE_NAME, running.port)
+        if settings.metrics_listen is not None:
+            host = settings.metrics_listen.rpartition(":")[0]
+            log.info("Prometheus metrics at http://%s:%d/metrics", host, running.metrics_port)
         await stopping.wait()
         log.info("shutting down; in-flight RPCs have %.0f s to finish", settings.grace_seconds)
         await running.stop(settings.grace_seconds)

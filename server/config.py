@@ -63,6 +63,10 @@ class Settings:
     """How log records look on stderr: text lines, or json (one object per line, with the
     access lines' fields as keys)."""
 
+    metrics_listen: str | None = None
+    """HOST:PORT serving Prometheus metrics at /metrics over HTTP; port 0 picks a free one.
+    None serves no metrics and counts nothing."""
+
     tokens_file: Path | None = None
     """File of accepted bearer tokens, one per line. None serves AggregatorService to anyone."""
 
@@ -133,6 +137,13 @@ class Settings:
             "(env DAILY_AGGREGATOR_LOG_FORMAT; default text)",
         )
         parser.add_argument(
+            "--metrics-listen",
+            metavar="HOST:PORT",
+            default=env.get("DAILY_AGGREGATOR_METRICS_LISTEN") or None,
+            help="serve Prometheus metrics at http://HOST:PORT/metrics; port 0 picks a free "
+            "one (env DAILY_AGGREGATOR_METRICS_LISTEN; default: no metrics)",
+        )
+        parser.add_argument(
             "--tokens-file",
             type=Path,
             default=_path(env, "DAILY_AGGREGATOR_TOKENS_FILE"),
@@ -159,6 +170,8 @@ class Settings:
             parser.error(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
         if args.log_format not in LOG_FORMATS:
             parser.error(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
+        if args.metrics_listen is not None and not _is_host_port(args.metrics_listen):
+            parser.error(f"--metrics-listen must be HOST:PORT, not {args.metrics_listen!r}")
         if (args.tls_cert is None) != (args.tls_key is None):
             parser.error("--tls-cert and --tls-key go together")
         return cls(
@@ -170,6 +183,7 @@ class Settings:
             database_patience=args.database_patience,
             log_level=args.log_level,
             log_format=args.log_format,
+            metrics_listen=args.metrics_listen,
             tokens_file=args.tokens_file,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
@@ -179,3 +193,8 @@ class Settings:
 def _path(env: Mapping[str, str], name: str) -> Path | None:
     value = env.get(name)
     return Path(value) if value else None
+
+
+def _is_host_port(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit() and int(port) <= 65535

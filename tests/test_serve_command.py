@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import sys
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
@@ -324,13 +326,57 @@ async def test_json_logs_are_one_object_per_line_and_access_lines_carry_their_fi
     assert "received" not in access[1]
 
 
+METRICS_AT = re.compile(rb"Prometheus metrics at (http://\S+/metrics)")
+
+
+async def test_with_prometheus_multiproc_dir_metrics_are_kept_in_files_and_served(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = environment(PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    args = ("--database-url", database_url, "--metrics-listen", "127.0.0.1:0")
+    async with serve(*args, env=env) as service:
+        async with asyncio.timeout(30):
+            while not (match := METRICS_AT.search(service.log)):
+                await asyncio.sleep(0.05)
+        async with grpc.aio.insecure_channel(service.target) as channel:
+            stub = aggregator_pb2_grpc.AggregatorServiceStub(channel)
+            await record(stub, [[event(), event()]])
+        text = await asyncio.to_thread(_fetch, match[1].decode())
+        service.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(service.process.wait(), 60) == 0
+
+    samples = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    stream = {
+        "grpc_type": "client_stream",
+        "grpc_service": "daily_aggregator.v1.AggregatorService",
+        "grpc_method": "RecordEvents",
+    }
+    assert samples[("grpc_server_handled_total", frozenset({**stream, "grpc_code": "OK"}.items()))]
+    assert samples[("grpc_server_handling_seconds_count", frozenset(stream.items()))] == 1
+    assert samples[("daily_aggregator_events_total", frozenset({("outcome", "inserted")}))] == 2
+    assert samples[("daily_aggregator_pool_connections", frozenset({("state", "in_use")}))] >= 1
+    kept = [name for name in os.listdir(tmp_path) if name.startswith("counter_")]
+    assert kept, "counters are kept in PROMETHEUS_MULTIPROC_DIR"
+
+
+def _fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        body: bytes = reply.read()
+    return body.decode()
+
+
 @pytest.mark.parametrize(
     ("flag", "value", "says"),
     [
+        ("--metrics-listen", "9100", "--metrics-listen must be HOST:PORT"),
         ("--log-format", "yaml", "invalid choice: 'yaml'"),
     ],
 )
-async def test_a_bad_log_format_is_a_usage_error(flag: str, value: str, says: str) -> None:
+async def test_a_bad_telemetry_flag_is_a_usage_error(flag: str, value: str, says: str) -> None:
     run = await cli("serve", flag, value)
     assert run.code == 2
     assert says in run.err
