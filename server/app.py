@@ -33,6 +33,12 @@ from daily_aggregator.server.folding import Folder
 from daily_aggregator.server.metrics import MetricsEndpoint, MetricsInterceptor, watch
 from daily_aggregator.server.service import AggregatorService
 from daily_aggregator.server.timezones import TimeZones
+from daily_aggregator.server.tracing import (
+    Tracing,
+    TracingUnavailable,
+    require_sdk,
+    watch_statements,
+)
 from daily_aggregator.v1 import aggregator_pb2, aggregator_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -57,12 +63,12 @@ class RunningServer:
     metrics_port: int | None = None
     """The port serving /metrics (the one picked for port 0); None without metrics."""
     telemetry: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
-    """Stops the metrics endpoint."""
+    """Stops the metrics endpoint and sends the last spans."""
 
     async def stop(self, grace: float | None) -> None:
         """Report NOT_SERVING, stop accepting RPCs, let in-flight ones finish within `grace`,
-        then stop folding (a fold cut short rolls back and is done again later) and serving
-        metrics."""
+        then stop folding (a fold cut short rolls back and is done again later), serving
+        metrics and tracing (the spans not yet sent are sent)."""
         self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         self.folding.cancel()
@@ -77,10 +83,12 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
     Bind port 0 to get a free port; the bound port is returned. With `settings.tokens_file`
     every AggregatorService call needs one of its bearer tokens; with `settings.tls_cert`
     the port speaks TLS. With `settings.metrics_listen` calls are counted and served as
-    Prometheus metrics.
+    Prometheus metrics; with `settings.otlp_endpoint` they are traced (their SQL statements
+    too when `pool` comes from `database`, which watches its statements).
 
     Raises:
-        StartupError: an address is taken, or the tokens or TLS files cannot be used.
+        StartupError: an address is taken, the tokens or TLS files cannot be used, or
+            tracing is asked for without the OpenTelemetry SDK.
     """
     telemetry = contextlib.AsyncExitStack()
     try:
@@ -144,11 +152,18 @@ async def _start_server(
 def _telemetry(
     prefix: str, settings: Settings, telemetry: contextlib.AsyncExitStack
 ) -> list[grpc.aio.ServerInterceptor]:
-    """The interceptors that count calls, as `settings` asks; they come first, so that
-    they see the calls later interceptors refuse too."""
+    """The interceptors that count and trace calls, as `settings` asks; they come first,
+    so that they see the calls later interceptors refuse too."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if settings.metrics_listen is not None:
         interceptors.append(MetricsInterceptor(SERVICE))
+    if settings.otlp_endpoint is not None:
+        try:
+            tracing = Tracing(settings.otlp_endpoint)
+        except TracingUnavailable as exc:
+            raise StartupError(str(exc)) from exc
+        telemetry.push_async_callback(tracing.shutdown)
+        interceptors.append(tracing.interceptor(prefix))
     return interceptors
 
 
@@ -199,7 +214,11 @@ async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
         except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             raise StartupError(f"cannot use PostgreSQL: {exc}") from exc
         pool = await create_pool(
-            dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size
+            dsn,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            # Tracing times each statement; without it the connections do nothing extra.
+            init=watch_statements if settings.otlp_endpoint is not None else None,
         )
         stack.push_async_callback(pool.close)
         async with pool.acquire() as conn:
@@ -211,6 +230,11 @@ async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    if settings.otlp_endpoint is not None:
+        try:
+            require_sdk()  # before PostgreSQL starts, not after
+        except TracingUnavailable as exc:
+            raise StartupError(str(exc)) from exc
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -66,6 +67,10 @@ class Settings:
     metrics_listen: str | None = None
     """HOST:PORT serving Prometheus metrics at /metrics over HTTP; port 0 picks a free one.
     None serves no metrics and counts nothing."""
+
+    otlp_endpoint: str | None = None
+    """OTLP/gRPC collector URL (http://HOST:PORT, or https:// for TLS) that receives a trace
+    of every AggregatorService call; needs the `tracing` extra. None traces nothing."""
 
     tokens_file: Path | None = None
     """File of accepted bearer tokens, one per line. None serves AggregatorService to anyone."""
@@ -144,6 +149,14 @@ class Settings:
             "one (env DAILY_AGGREGATOR_METRICS_LISTEN; default: no metrics)",
         )
         parser.add_argument(
+            "--otlp-endpoint",
+            metavar="URL",
+            default=env.get("DAILY_AGGREGATOR_OTLP_ENDPOINT") or None,
+            help="export a trace of every call to this OTLP/gRPC collector, e.g. "
+            "http://127.0.0.1:4317; needs daily-aggregator[tracing] "
+            "(env DAILY_AGGREGATOR_OTLP_ENDPOINT; default: no tracing)",
+        )
+        parser.add_argument(
             "--tokens-file",
             type=Path,
             default=_path(env, "DAILY_AGGREGATOR_TOKENS_FILE"),
@@ -172,6 +185,11 @@ class Settings:
             parser.error(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
         if args.metrics_listen is not None and not _is_host_port(args.metrics_listen):
             parser.error(f"--metrics-listen must be HOST:PORT, not {args.metrics_listen!r}")
+        if args.otlp_endpoint is not None and not _is_collector_url(args.otlp_endpoint):
+            parser.error(
+                f"--otlp-endpoint must be http://HOST:PORT or https://HOST:PORT, "
+                f"not {args.otlp_endpoint!r}"
+            )
         if (args.tls_cert is None) != (args.tls_key is None):
             parser.error("--tls-cert and --tls-key go together")
         return cls(
@@ -184,6 +202,7 @@ class Settings:
             log_level=args.log_level,
             log_format=args.log_format,
             metrics_listen=args.metrics_listen,
+            otlp_endpoint=args.otlp_endpoint,
             tokens_file=args.tokens_file,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
@@ -198,3 +217,8 @@ def _path(env: Mapping[str, str], name: str) -> Path | None:
 def _is_host_port(address: str) -> bool:
     host, _, port = address.rpartition(":")
     return bool(host) and port.isdigit() and int(port) <= 65535
+
+
+def _is_collector_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)

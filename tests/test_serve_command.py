@@ -373,6 +373,7 @@ def _fetch(url: str) -> str:
     ("flag", "value", "says"),
     [
         ("--metrics-listen", "9100", "--metrics-listen must be HOST:PORT"),
+        ("--otlp-endpoint", "collector:4317", "--otlp-endpoint must be http://HOST:PORT"),
         ("--log-format", "yaml", "invalid choice: 'yaml'"),
     ],
 )
