@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
 
-from daily_aggregator.server.interception import Behavior, ServiceInterceptor, with_behavior
+from daily_aggregator.server.interception import (
+    Behavior,
+    ServiceInterceptor,
+    final_code,
+    with_behavior,
+)
 from daily_aggregator.v1 import aggregator_pb2 as pb
 
-__all__ = ["AccessLogInterceptor"]
+__all__ = ["AccessLogInterceptor", "CallerName"]
 
 log = logging.getLogger("daily_aggregator.access")
+
+CallerName = Callable[[grpc.HandlerCallDetails], str | None]
+"""Names who made a call (the name of its token), or None when calls carry no name."""
+
+_COUNTS = ("received", "inserted", "duplicates", "conflicts", "rejected")
 
 
 class AccessLogInterceptor(ServiceInterceptor):
@@ -25,16 +34,18 @@ class AccessLogInterceptor(ServiceInterceptor):
     inserted=19990 duplicates=10 conflicts=0 rejected=0`` or ``Summary ipv4:10.0.0.7:51240
     INVALID_ARGUMENT 0.9 ms``. Health checks and reflection are not logged.
 
-    With `caller_name`, a call it names gets `` token=<name>`` after the duration
-    (``Summary ipv4:10.0.0.7:51240 OK 3.2 ms token=dashboard``); it must never return the
-    token itself.
+    The record carries the same facts as ``extra={"fields": ...}`` for structured output
+    (see `daily_aggregator.server.logs`): ``method``, ``peer``, ``code``, ``duration_ms``,
+    ``token`` and, for RecordEvents, the counts ``received`` ... ``rejected``.
+
+    Args:
+        prefix: the methods logged, ``/package.Service/``.
+        caller_name: names the caller of a call, e.g. by its token. When it returns a
+            name, the line gains `` token=<name>`` after the duration and ``token`` is that
+            name; without it (or when it returns None) ``token`` is None.
     """
 
-    def __init__(
-        self,
-        prefix: str,
-        caller_name: Callable[[grpc.HandlerCallDetails], str | None] | None = None,
-    ) -> None:
+    def __init__(self, prefix: str, caller_name: CallerName | None = None) -> None:
         super().__init__(prefix)
         self._caller_name = caller_name
 
@@ -43,41 +54,46 @@ class AccessLogInterceptor(ServiceInterceptor):
     ) -> grpc.RpcMethodHandler:
         if not (handler.unary_unary or handler.stream_unary):
             return handler  # no streamed responses in this service
-        caller = self._caller_name(details) if self._caller_name is not None else None
-        who = f" token={caller}" if caller is not None else ""
-        return with_behavior(handler, lambda behavior: _logged(method, who, behavior))
+        token = None if self._caller_name is None else self._caller_name(details)
+        return with_behavior(handler, lambda behavior: _logged(method, token, behavior))
 
 
-def _logged(name: str, who: str, behavior: Behavior) -> Behavior:
+class _AccessLine:
+    """An access-log message: renders its fields as the text line when it is formatted."""
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        self.fields = fields
+
+    def __str__(self) -> str:
+        f = self.fields
+        line = f"{f['method']} {f['peer']} {f['code']} {f['duration_ms']:.1f} ms"
+        if f["token"] is not None:
+            line += f" token={f['token']}"
+        counts = [f"{name}={f[name]}" for name in _COUNTS if name in f]
+        return " ".join([line, *counts])
+
+
+def _logged(name: str, token: str | None, behavior: Behavior) -> Behavior:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         began = time.perf_counter()
-        outcome = "OK"
+        error: BaseException | None = None
         response = None
         try:
             response = await behavior(request, context)
             return response
-        except asyncio.CancelledError:
-            outcome = "CANCELLED"
-            raise
-        except BaseException:
-            code = context.code()
-            outcome = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+        except BaseException as exc:
+            error = exc
             raise
         finally:
-            milliseconds = (time.perf_counter() - began) * 1000
-            counts = _counts(response)
-            log.info(
-                "%s %s %s %.1f ms%s%s", name, context.peer(), outcome, milliseconds, who, counts
-            )
+            fields: dict[str, Any] = {
+                "method": name,
+                "peer": context.peer(),
+                "code": final_code(context, error).name,
+                "duration_ms": round((time.perf_counter() - began) * 1000, 3),
+                "token": token,
+            }
+            if isinstance(response, pb.RecordEventsResponse):
+                fields.update((count, getattr(response, count)) for count in _COUNTS)
+            log.info(_AccessLine(fields), extra={"fields": fields})
 
     return call
-
-
-def _counts(response: Any) -> str:
-    if not isinstance(response, pb.RecordEventsResponse):
-        return ""
-    return (
-        f" received={response.received} inserted={response.inserted}"
-        f" duplicates={response.duplicates} conflicts={response.conflicts}"
-        f" rejected={response.rejected}"
-    )

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from daily_aggregator.server import metrics
 from daily_aggregator.server.access import TokenRegistry, TokensFileError, read_tokens
 from daily_aggregator.server.access_log import AccessLogInterceptor
 from daily_aggregator.server.auth import BearerTokenInterceptor
@@ -31,14 +32,22 @@ from daily_aggregator.server.embedded import (
     EmbeddedPostgresError,
 )
 from daily_aggregator.server.folding import Folder
+from daily_aggregator.server.metrics import MetricsEndpoint, MetricsInterceptor, watch
 from daily_aggregator.server.rate_limits import RateLimiter, RateLimitInterceptor
 from daily_aggregator.server.service import AggregatorService
 from daily_aggregator.server.timezones import TimeZones
+from daily_aggregator.server.tracing import (
+    Tracing,
+    TracingUnavailable,
+    require_sdk,
+    watch_statements,
+)
 from daily_aggregator.v1 import aggregator_pb2, aggregator_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = aggregator_pb2.DESCRIPTOR.services_by_name["AggregatorService"].full_name
+SERVICE = aggregator_pb2.DESCRIPTOR.services_by_name["AggregatorService"]
+SERVICE_NAME = SERVICE.full_name
 
 
 class StartupError(Exception):
@@ -54,15 +63,21 @@ class RunningServer:
     health: health.HealthServicer
     folder: Folder
     folding: asyncio.Task[None]
+    metrics_port: int | None = None
+    """The port serving /metrics (the one picked for port 0); None without metrics."""
+    telemetry: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    """Stops the metrics endpoint and sends the last spans."""
 
     async def stop(self, grace: float | None) -> None:
         """Report NOT_SERVING, stop accepting RPCs, let in-flight ones finish within `grace`,
-        then stop folding (a fold cut short rolls back and is done again later)."""
+        then stop folding (a fold cut short rolls back and is done again later), serving
+        metrics and tracing (the spans not yet sent are sent)."""
         self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         self.folding.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.folding
+        await self.telemetry.aclose()
 
 
 async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
@@ -71,22 +86,40 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
     Bind port 0 to get a free port; the bound port is returned. With `settings.tokens_file`
     every AggregatorService call needs one of its bearer tokens, with the scope its method
     needs, within the token's rates; with `settings.tls_cert` the port speaks TLS, and with
-    `settings.tls_client_ca` it also requires client certificates that CA signed.
+    `settings.tls_client_ca` it also requires client certificates that CA signed. With
+    `settings.metrics_listen` calls are counted and served as Prometheus metrics; with
+    `settings.otlp_endpoint` they are traced (their SQL statements too when `pool` comes
+    from `database`, which watches its statements).
 
     Raises:
-        StartupError: the address is taken, or the tokens or TLS files cannot be used.
+        StartupError: an address is taken, the tokens or TLS files cannot be used, or
+            tracing is asked for without the OpenTelemetry SDK.
     """
+    telemetry = contextlib.AsyncExitStack()
+    try:
+        return await _start_server(pool, settings, telemetry)
+    except BaseException:
+        await telemetry.aclose()
+        raise
+
+
+async def _start_server(
+    pool: asyncpg.Pool, settings: Settings, telemetry: contextlib.AsyncExitStack
+) -> RunningServer:
     prefix = f"/{SERVICE_NAME}/"
     credentials = _tls_credentials(settings)
     registry = _token_registry(settings.tokens_file)
-    # The access log comes first, so it also logs the calls the others turn away.
+    # Metrics and traces come first, then the access log, so that they also see the calls
+    # the others turn away.
     interceptors: list[grpc.aio.ServerInterceptor] = [
+        *_telemetry(prefix, settings, telemetry),
         AccessLogInterceptor(
             prefix, caller_name=registry.caller_name if registry is not None else None
-        )
+        ),
     ]
     if registry is not None:
-        limiter = RateLimiter(registry.tokens, on_limited=None)
+        on_limited = metrics.rate_limited if settings.metrics_listen is not None else None
+        limiter = RateLimiter(registry.tokens, on_limited=on_limited)
         interceptors += [
             BearerTokenInterceptor(registry, prefix=prefix),
             RateLimitInterceptor(registry, limiter, prefix=prefix),
@@ -116,12 +149,47 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
         raise StartupError(
             f"cannot listen on {settings.listen}: address in use or invalid"
         ) from exc
-    await server.start()
     folder = Folder(pool, idle_seconds=settings.fold_idle_seconds)
+    metrics_port = await _serve_metrics(settings, pool, folder, telemetry)
+    await server.start()
     folding = asyncio.create_task(folder.run(), name="folder")
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, folder, folding)
+    return RunningServer(server, port, health_servicer, folder, folding, metrics_port, telemetry)
+
+
+def _telemetry(
+    prefix: str, settings: Settings, telemetry: contextlib.AsyncExitStack
+) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptors that count and trace calls, as `settings` asks; they come first,
+    so that they see the calls later interceptors refuse too."""
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if settings.metrics_listen is not None:
+        interceptors.append(MetricsInterceptor(SERVICE))
+    if settings.otlp_endpoint is not None:
+        try:
+            tracing = Tracing(settings.otlp_endpoint)
+        except TracingUnavailable as exc:
+            raise StartupError(str(exc)) from exc
+        telemetry.push_async_callback(tracing.shutdown)
+        interceptors.append(tracing.interceptor(prefix))
+    return interceptors
+
+
+async def _serve_metrics(
+    settings: Settings, pool: asyncpg.Pool, folder: Folder, telemetry: contextlib.AsyncExitStack
+) -> int | None:
+    """Serve /metrics, with `pool`'s and `folder`'s gauges, until `telemetry` closes; return
+    the bound port, or None when `settings` asks for no metrics."""
+    if settings.metrics_listen is None:
+        return None
+    try:
+        endpoint = MetricsEndpoint.start(settings.metrics_listen)
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"cannot serve metrics on {settings.metrics_listen}: {exc}") from exc
+    telemetry.push_async_callback(endpoint.stop)
+    await telemetry.enter_async_context(watch(pool, folder))
+    return endpoint.port
 
 
 def _token_registry(path: Path | None) -> TokenRegistry | None:
@@ -174,7 +242,11 @@ async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
         except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             raise StartupError(f"cannot use PostgreSQL: {exc}") from exc
         pool = await create_pool(
-            dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size
+            dsn,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            # Tracing times each statement; without it the connections do nothing extra.
+            init=watch_statements if settings.otlp_endpoint is not None else None,
         )
         stack.push_async_callback(pool.close)
         async with pool.acquire() as conn:
@@ -186,6 +258,11 @@ async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    if settings.otlp_endpoint is not None:
+        try:
+            require_sdk()  # before PostgreSQL starts, not after
+        except TracingUnavailable as exc:
+            raise StartupError(str(exc)) from exc
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -197,6 +274,9 @@ async def serve(settings: Settings) -> None:
     async with database(settings) as pool:
         running = await start_server(pool, settings)
         log.info("serving %s on port %d", SERVICE_NAME, running.port)
+        if settings.metrics_listen is not None:
+            host = settings.metrics_listen.rpartition(":")[0]
+            log.info("Prometheus metrics at http://%s:%d/metrics", host, running.metrics_port)
         await stopping.wait()
         log.info("shutting down; in-flight RPCs have %.0f s to finish", settings.grace_seconds)
         await running.stop(settings.grace_seconds)

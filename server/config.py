@@ -7,10 +7,12 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
@@ -57,6 +59,18 @@ class Settings:
     log_level: str = "info"
     """Lowest level logged: debug, info (start-up, shutdown and one line per call), warning
     or error."""
+
+    log_format: str = "text"
+    """How log records look on stderr: text lines, or json (one object per line, with the
+    access lines' fields as keys)."""
+
+    metrics_listen: str | None = None
+    """HOST:PORT serving Prometheus metrics at /metrics over HTTP; port 0 picks a free one.
+    None serves no metrics and counts nothing."""
+
+    otlp_endpoint: str | None = None
+    """OTLP/gRPC collector URL (http://HOST:PORT, or https:// for TLS) that receives a trace
+    of every AggregatorService call; needs the `tracing` extra. None traces nothing."""
 
     tokens_file: Path | None = None
     """File of accepted bearer tokens, one per line, each with optional scopes, rates and
@@ -127,6 +141,28 @@ class Settings:
             "(env DAILY_AGGREGATOR_LOG_LEVEL; default info)",
         )
         parser.add_argument(
+            "--log-format",
+            choices=LOG_FORMATS,
+            default=env.get("DAILY_AGGREGATOR_LOG_FORMAT", "text").lower(),
+            help="text lines, or json: one object per line "
+            "(env DAILY_AGGREGATOR_LOG_FORMAT; default text)",
+        )
+        parser.add_argument(
+            "--metrics-listen",
+            metavar="HOST:PORT",
+            default=env.get("DAILY_AGGREGATOR_METRICS_LISTEN") or None,
+            help="serve Prometheus metrics at http://HOST:PORT/metrics; port 0 picks a free "
+            "one (env DAILY_AGGREGATOR_METRICS_LISTEN; default: no metrics)",
+        )
+        parser.add_argument(
+            "--otlp-endpoint",
+            metavar="URL",
+            default=env.get("DAILY_AGGREGATOR_OTLP_ENDPOINT") or None,
+            help="export a trace of every call to this OTLP/gRPC collector, e.g. "
+            "http://127.0.0.1:4317; needs daily-aggregator[tracing] "
+            "(env DAILY_AGGREGATOR_OTLP_ENDPOINT; default: no tracing)",
+        )
+        parser.add_argument(
             "--tokens-file",
             type=Path,
             default=_path(env, "DAILY_AGGREGATOR_TOKENS_FILE"),
@@ -159,6 +195,15 @@ class Settings:
             parser.error("--max-message-bytes must be at least 1024")
         if args.log_level not in LOG_LEVELS:
             parser.error(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+        if args.log_format not in LOG_FORMATS:
+            parser.error(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
+        if args.metrics_listen is not None and not _is_host_port(args.metrics_listen):
+            parser.error(f"--metrics-listen must be HOST:PORT, not {args.metrics_listen!r}")
+        if args.otlp_endpoint is not None and not _is_collector_url(args.otlp_endpoint):
+            parser.error(
+                f"--otlp-endpoint must be http://HOST:PORT or https://HOST:PORT, "
+                f"not {args.otlp_endpoint!r}"
+            )
         if (args.tls_cert is None) != (args.tls_key is None):
             parser.error("--tls-cert and --tls-key go together")
         if args.tls_client_ca is not None and args.tls_cert is None:
@@ -171,6 +216,9 @@ class Settings:
             grace_seconds=args.grace_seconds,
             database_patience=args.database_patience,
             log_level=args.log_level,
+            log_format=args.log_format,
+            metrics_listen=args.metrics_listen,
+            otlp_endpoint=args.otlp_endpoint,
             tokens_file=args.tokens_file,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
@@ -181,3 +229,13 @@ class Settings:
 def _path(env: Mapping[str, str], name: str) -> Path | None:
     value = env.get(name)
     return Path(value) if value else None
+
+
+def _is_host_port(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit() and int(port) <= 65535
+
+
+def _is_collector_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)

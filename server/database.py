@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -45,12 +45,22 @@ def with_database(dsn: str, database: str) -> str:
     return urlsplit(dsn)._replace(path=f"/{database}").geturl()
 
 
-async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
-    """Open a pool to `dsn`. Connections time out after 10 s so outages surface quickly."""
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int,
+    max_size: int,
+    init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+) -> asyncpg.Pool:
+    """Open a pool to `dsn`. Connections time out after 10 s so outages surface quickly.
+
+    `init` runs on each new connection before it is first used.
+    """
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
+        init=init,
         timeout=10,
         command_timeout=60,
         server_settings={

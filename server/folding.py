@@ -85,6 +85,13 @@ class Folder:
         """Events this folder has moved since it started."""
         self.largest_lag_seconds = 0.0
         """The longest an event folded here had waited in the log."""
+        self.pending = 0
+        """Events this folder found pending at its latest look: the batch it took, or 0 when
+        the log was empty or another server holds the fold lock (so the largest value over
+        all servers is the backlog)."""
+        self.latest_lag_seconds = 0.0
+        """How long the oldest event of the latest fold had waited in the log; 0 when the
+        latest look found nothing to fold or another server folds."""
 
     async def run(self) -> None:
         """Fold until cancelled, on a connection of its own; outages are waited out."""
@@ -108,14 +115,17 @@ class Folder:
         `conn` must have run `fold_batch_table` once.
         """
         if not await conn.fetchval(query("fold_lock")):
+            self.pending, self.latest_lag_seconds = 0, 0.0
             return None
         try:
             if not await conn.fetchval(query("fold_anything")):
+                self.pending, self.latest_lag_seconds = 0, 0.0
                 return Fold(0, 0.0)
             sealed = await conn.fetchval(query("fold_seal"))
             async with conn.transaction():
                 await conn.execute(query("fold_hold"), sealed)
                 taken = await conn.fetchrow(query("fold_take"), sealed)
+                self.pending = taken["events"]
                 if taken["events"]:
                     await conn.execute(query("fold_number_learners"))
                     await conn.execute(query("fold_learner_hours"))
@@ -125,9 +135,11 @@ class Folder:
         finally:
             await conn.execute(query("fold_unlock"))
         if not taken["events"]:
+            self.latest_lag_seconds = 0.0
             return Fold(0, 0.0)
         lag = max(0.0, (datetime.now(UTC) - taken["oldest"]).total_seconds())
         self.folded += taken["events"]
+        self.latest_lag_seconds = lag
         self.largest_lag_seconds = max(self.largest_lag_seconds, lag)
         return Fold(taken["events"], lag)
 

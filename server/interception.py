@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
-__all__ = ["Behavior", "ServiceInterceptor", "with_behavior"]
+__all__ = ["Behavior", "ServiceInterceptor", "final_code", "with_behavior"]
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 """What a method handler runs: (request or request iterator, context) -> response."""
@@ -29,6 +30,21 @@ def with_behavior(
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **codecs)
     return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **codecs)
+
+
+def final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
+    """The status a call ended with, given what its behavior raised (None: it returned).
+
+    CANCELLED when it was cancelled; otherwise the code it aborted with or set, OK when it
+    returned without setting one, and UNKNOWN (what grpc answers) for an exception that
+    escaped without a code.
+    """
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    return grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped

@@ -10,10 +10,20 @@ from importlib import resources
 _MIGRATION_NAME = re.compile(r"(\d{4})_(\w+)\.sql")
 
 
+_names: dict[str, str] = {}
+
+
 @functools.cache
 def query(name: str) -> str:
     """The text of `sql/<name>.sql`."""
-    return resources.files("daily_aggregator.sql").joinpath(f"{name}.sql").read_text()
+    text = resources.files("daily_aggregator.sql").joinpath(f"{name}.sql").read_text()
+    _names[text] = name
+    return text
+
+
+def statement_name(text: str) -> str | None:
+    """The name of a statement `query` returned, from its text; None for any other text."""
+    return _names.get(text)
 
 
 @dataclass(frozen=True)

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
 import socket
 import sys
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
-from tests.support import event, record
+from tests.support import cli, event, record
 
 COMMAND = str(Path(sys.executable).parent / "daily-aggregator")
 SERVING = re.compile(rb"serving \S+ on port (\d+)")
@@ -272,3 +276,119 @@ async def test_a_home_that_cannot_be_written_is_one_line_and_exit_1(tmp_path: Pa
         f" directory {home}/.local/share/daily-aggregator: Not a directory; choose another"
         " directory with --data-dir or DAILY_AGGREGATOR_DATA_DIR"
     ]
+
+
+async def test_json_logs_are_one_object_per_line_and_access_lines_carry_their_fields(
+    database_url: str,
+) -> None:
+    async with serve("--database-url", database_url, "--log-format", "json") as service:
+        async with grpc.aio.insecure_channel(service.target) as channel:
+            stub = aggregator_pb2_grpc.AggregatorServiceStub(channel)
+            await record(stub, [[event(), event()], [event(words=2_000_000)]])
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Uniques(pb.UniquesRequest())
+        service.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(service.process.wait(), 60) == 0
+
+    lines = [json.loads(line) for line in service.log.decode().splitlines()]
+    for line in lines:
+        assert set(line) >= {"time", "level", "logger", "message"}, line
+        assert line["time"].endswith("Z")
+        assert datetime.fromisoformat(line["time"]).utcoffset() == timedelta(0)
+    assert {line["level"] for line in lines} == {"info"}
+    assert lines[-1]["message"] == "stopped"
+    access = [line for line in lines if line["logger"] == "daily_aggregator.access"]
+    assert [line["method"] for line in access] == ["RecordEvents", "Uniques"]
+    for line in access:
+        assert re.fullmatch(r"ipv[46]:\S+", line["peer"])
+        assert isinstance(line["duration_ms"], float)
+        assert line["token"] is None
+    assert {k: v for k, v in access[0].items() if k not in ("time", "peer", "duration_ms")} == {
+        "level": "info",
+        "logger": "daily_aggregator.access",
+        "message": access[0]["message"],
+        "method": "RecordEvents",
+        "code": "OK",
+        "token": None,
+        "received": 3,
+        "inserted": 2,
+        "duplicates": 0,
+        "conflicts": 0,
+        "rejected": 1,
+    }
+    # The message is the text line, as --log-format text prints it.
+    assert re.fullmatch(
+        r"RecordEvents \S+ OK [\d.]+ ms received=3 inserted=2 duplicates=0 conflicts=0 "
+        r"rejected=1",
+        access[0]["message"],
+    )
+    assert access[1]["code"] == "INVALID_ARGUMENT"
+    assert "received" not in access[1]
+
+
+METRICS_AT = re.compile(rb"Prometheus metrics at (http://\S+/metrics)")
+
+
+async def test_with_prometheus_multiproc_dir_metrics_are_kept_in_files_and_served(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = environment(PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    args = ("--database-url", database_url, "--metrics-listen", "127.0.0.1:0")
+    async with serve(*args, env=env) as service:
+        async with asyncio.timeout(30):
+            while not (match := METRICS_AT.search(service.log)):
+                await asyncio.sleep(0.05)
+        async with grpc.aio.insecure_channel(service.target) as channel:
+            stub = aggregator_pb2_grpc.AggregatorServiceStub(channel)
+            await record(stub, [[event(), event()]])
+        text = await asyncio.to_thread(_fetch, match[1].decode())
+        service.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(service.process.wait(), 60) == 0
+
+    samples = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    stream = {
+        "grpc_type": "client_stream",
+        "grpc_service": "daily_aggregator.v1.AggregatorService",
+        "grpc_method": "RecordEvents",
+    }
+    assert samples[("grpc_server_handled_total", frozenset({**stream, "grpc_code": "OK"}.items()))]
+    assert samples[("grpc_server_handling_seconds_count", frozenset(stream.items()))] == 1
+    assert samples[("daily_aggregator_events_total", frozenset({("outcome", "inserted")}))] == 2
+    assert samples[("daily_aggregator_pool_connections", frozenset({("state", "in_use")}))] >= 1
+    kept = [name for name in os.listdir(tmp_path) if name.startswith("counter_")]
+    assert kept, "counters are kept in PROMETHEUS_MULTIPROC_DIR"
+
+
+def _fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        body: bytes = reply.read()
+    return body.decode()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--metrics-listen", "9100", "--metrics-listen must be HOST:PORT"),
+        ("--otlp-endpoint", "collector:4317", "--otlp-endpoint must be http://HOST:PORT"),
+        ("--log-format", "yaml", "invalid choice: 'yaml'"),
+    ],
+)
+async def test_a_bad_telemetry_flag_is_a_usage_error(flag: str, value: str, says: str) -> None:
+    run = await cli("serve", flag, value)
+    assert run.code == 2
+    assert says in run.err
+
+
+async def test_with_json_logs_a_start_up_failure_is_a_json_line_too(tmp_path: Path) -> None:
+    missing = f"postgresql://postgres@/postgres?host={tmp_path}&connect_timeout=1"
+    run = await cli(
+        "serve", "--log-format", "json", "--database-url", missing, "--database-patience", "0"
+    )
+    assert run.code == 1
+    lines = [json.loads(line) for line in run.err.splitlines()]
+    assert lines[-1]["level"] == "error"
+    assert lines[-1]["message"].startswith("daily-aggregator serve: cannot use PostgreSQL")

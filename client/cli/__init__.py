@@ -96,21 +96,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve_command(argv: Sequence[str]) -> int:
     """`daily-aggregator serve FLAGS`: run the service until SIGTERM or SIGINT."""
-    import logging
-
     # The server, asyncpg and PostgreSQL tooling load only for this command.
+    from daily_aggregator.server import logs
     from daily_aggregator.server.app import StartupError, serve
     from daily_aggregator.server.config import Settings
 
     settings = Settings.from_args(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(settings))
     except StartupError as exc:
-        fail(f"daily-aggregator serve: {exc}")
+        if settings.log_format == "json":
+            # Whatever reads the JSON lines gets the reason as one of them.
+            logs.failed(f"daily-aggregator serve: {exc}")
+        else:
+            fail(f"daily-aggregator serve: {exc}")
         return EXIT_PARTIAL
     return EXIT_OK
 
