@@ -88,6 +88,16 @@ class ClickHouse(Peer):
 
     def answer(self, q: Question) -> Answer:
         where = self._where(q)
+        if q.kind == "stats":
+            hi = _ts(q)[1]
+            rows = self._rows(
+                f"SELECT toString(toDate(occurred_at, '{q.zone}')) AS d, count(), sum(word_count),"
+                " sum(study_seconds), toUnixTimestamp64Micro(min(occurred_at)),"
+                " toUnixTimestamp64Micro(max(occurred_at)) FROM events"
+                f" WHERE user_id = toUUID('{q.user_id}')"
+                f" AND occurred_at < toDateTime64('{hi}', 6, 'UTC') GROUP BY d ORDER BY d"
+            )
+            return q.stats_answer(rows)
         if q.kind in ("summary", "uniques", "learner"):
             values = (
                 "count(), sum(word_count), sum(study_seconds), uniqExact(user_id)"
@@ -144,6 +154,15 @@ class DuckDB(Peer):
 
     def answer(self, q: Question) -> Answer:
         where = self._where(q)
+        if q.kind == "stats":
+            hi = _ts(q)[1]
+            rows = self._db.execute(
+                f"SELECT strftime((occurred_at AT TIME ZONE '{q.zone}')::DATE, '%Y-%m-%d') AS d,"
+                " count(*), sum(word_count), sum(study_seconds), epoch_us(min(occurred_at)),"
+                f" epoch_us(max(occurred_at)) FROM events WHERE user_id = '{q.user_id}'::UUID"
+                f" AND occurred_at < TIMESTAMPTZ '{hi}+00' GROUP BY d ORDER BY d"
+            ).fetchall()
+            return q.stats_answer(rows)
         if q.kind in ("summary", "uniques", "learner"):
             # Buckets by local wall time, each start turned into its instant afterwards.
             # The zones asked about keep whole-hour offsets: their hours are UTC hours.

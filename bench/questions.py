@@ -8,9 +8,11 @@ and DuckDB must give identical forms.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 from google.protobuf import timestamp_pb2
@@ -18,7 +20,7 @@ from google.protobuf import timestamp_pb2
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
 
-__all__ = ["Answer", "Question", "questions"]
+__all__ = ["Answer", "Question", "questions", "stats_answer"]
 
 Answer = Any
 """A comparable answer: (buckets, total) for series, a list of rows for rankings."""
@@ -39,7 +41,8 @@ class Question:
 
     name: str
     kind: str
-    """summary, uniques, learner (a one-learner summary), countries or top_learners."""
+    """summary, uniques, learner (a one-learner summary), countries, top_learners or stats
+    (LearnerStats of `user_id` as of `end`)."""
     start: datetime
     end: datetime
     target: str
@@ -59,11 +62,38 @@ class Question:
         total = totals[0][-1] if totals else 0
         return buckets, total
 
+    def stats_answer(self, days: Sequence[Sequence[Any]]) -> Answer:
+        """LearnerStats' fields from the learner's days before `end`, in date order.
+
+        Each day is (local date YYYY-MM-DD, events, words, seconds, first and last event
+        in Unix microseconds). The zones asked about skip no date, so consecutive dates
+        are one day apart.
+        """
+        return stats_answer(days, self.end.astimezone(ZoneInfo(self.zone)).date())
+
     # -- the service ------------------------------------------------------------------
 
     async def ask_service(self, stub: aggregator_pb2_grpc.AggregatorServiceStub) -> Answer:
         """Ask the service through gRPC and reduce its answer."""
         span = {"start_time": _timestamp(self.start), "end_time": _timestamp(self.end)}
+        if self.kind == "stats":
+            stats = await stub.LearnerStats(
+                pb.LearnerStatsRequest(
+                    user_id=self.user_id, time_zone=self.zone, as_of=_timestamp(self.end)
+                )
+            )
+            return (
+                stats.events,
+                stats.word_count,
+                stats.study_seconds,
+                stats.first_active.seconds * 1_000_000 + stats.first_active.nanos // 1000,
+                stats.last_active.seconds * 1_000_000 + stats.last_active.nanos // 1000,
+                stats.active_days,
+                stats.current_streak_days,
+                stats.longest_streak_days,
+                stats.longest_streak_start,
+                stats.longest_streak_end,
+            )
         if self.kind in ("summary", "learner"):
             response = await stub.Summary(
                 pb.SummaryRequest(
@@ -112,6 +142,17 @@ class Question:
             " AND user_id = $3::uuid" if self.user_id else ""
         )
         args: list[Any] = [self.start, self.end] + ([self.user_id] if self.user_id else [])
+        if self.kind == "stats":
+            rows = await conn.fetch(
+                f"SELECT (occurred_at AT TIME ZONE '{self.zone}')::date::text, count(*),"
+                " sum(word_count), sum(study_seconds),"
+                " (extract(epoch FROM min(occurred_at)) * 1000000)::bigint,"
+                " (extract(epoch FROM max(occurred_at)) * 1000000)::bigint"
+                " FROM events WHERE user_id = $1::uuid AND occurred_at < $2 GROUP BY 1 ORDER BY 1",
+                self.user_id,
+                self.end,
+            )
+            return self.stats_answer([tuple(r) for r in rows])
         if self.kind in ("summary", "uniques", "learner"):
             # The zones asked about keep whole-hour offsets: their hours are UTC hours.
             bucket = (
@@ -147,6 +188,31 @@ class Question:
         return [tuple(r) for r in rows]
 
 
+def stats_answer(days: Sequence[Sequence[Any]], today: date) -> Answer:
+    """See `Question.stats_answer`; `today` is the local date of as_of."""
+    dates = [date.fromisoformat(d[0]) for d in days]
+    runs: list[list[date]] = []
+    for day in dates:
+        if runs and day - runs[-1][-1] == timedelta(days=1):
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    current = len(runs[-1]) if runs and (today - runs[-1][-1]).days <= 1 else 0
+    longest = max(reversed(runs), key=len) if runs else []
+    return (
+        sum(int(d[1]) for d in days),
+        sum(int(d[2]) for d in days),
+        sum(int(d[3]) for d in days),
+        min((int(d[4]) for d in days), default=0),
+        max((int(d[5]) for d in days), default=0),
+        len(days),
+        current,
+        len(longest),
+        longest[0].isoformat() if longest else "",
+        longest[-1].isoformat() if longest else "",
+    )
+
+
 def _timestamp(when: datetime) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromDatetime(when)
@@ -174,5 +240,8 @@ def questions(heaviest: str) -> list[Question]:
         Question("Breakdown, top 10 by words, 1 year", "top_learners", *year, beat),
         Question(
             "Summary, heaviest learner, daily, 1 y", "learner", *year, "<= 10 ms", user_id=heaviest
+        ),
+        Question(
+            "LearnerStats, heaviest learner, NY", "stats", *year, "<= 100 ms", user_id=heaviest
         ),
     ]

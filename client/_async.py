@@ -15,6 +15,7 @@ from daily_aggregator.client._convert import (
     METRICS,
     breakdown_rows,
     event_to_proto,
+    learner_stats,
     record_result,
     summary_result,
     timestamp,
@@ -25,6 +26,7 @@ from daily_aggregator.client._models import (
     Dimension,
     Event,
     Granularity,
+    LearnerStats,
     Metric,
     RecordResult,
     SummaryResult,
@@ -215,6 +217,26 @@ class AsyncClient:
             exclude_countries=list(exclude_countries),
         )
         return breakdown_rows(await self._query(self._stub.Breakdown, request))
+
+    async def learner_stats(
+        self, user_id: str, *, time_zone: str = "UTC", as_of: datetime | None = None
+    ) -> LearnerStats:
+        """One learner's totals, first and last activity, active days and streaks.
+
+        Args:
+            user_id: The learner (a UUID). An unknown learner gets zeros.
+            time_zone: The zone of the local dates: an IANA name or a fixed offset.
+            as_of: Only events before this aware datetime count; None means now.
+
+        Raises:
+            ValueError: `as_of` is naive.
+            InvalidArgumentError: The service refused a field; see `field_violations`.
+            UnavailableError: The service or its database stayed unreachable.
+        """
+        request = pb.LearnerStatsRequest(user_id=user_id, time_zone=time_zone)
+        if as_of is not None:
+            request.as_of.CopyFrom(timestamp("as_of", as_of))
+        return learner_stats(await self._query(self._stub.LearnerStats, request))
 
     async def record(self, events: Iterable[Event], *, batch_size: int = 1000) -> RecordResult:
         """Store `events` over one RecordEvents stream, `batch_size` events per message.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from google.protobuf import timestamp_pb2
 
@@ -12,6 +12,7 @@ from daily_aggregator.client._models import (
     Event,
     EventError,
     Granularity,
+    LearnerStats,
     Metric,
     RecordResult,
     SummaryBucket,
@@ -162,3 +163,28 @@ def breakdown_rows(response: pb.BreakdownResponse) -> list[BreakdownRow]:
         BreakdownRow(r.key, r.events, r.word_count, r.study_seconds, r.unique_users)
         for r in response.rows
     ]
+
+
+def learner_stats(response: pb.LearnerStatsResponse) -> LearnerStats:
+    """A LearnerStats for a response."""
+
+    def when(field: str) -> datetime | None:
+        return instant(getattr(response, field)) if response.HasField(field) else None
+
+    def day(text: str) -> date | None:
+        return date.fromisoformat(text) if text else None
+
+    return LearnerStats(
+        user_id=response.user_id,
+        time_zone=response.time_zone,
+        first_active=when("first_active"),
+        last_active=when("last_active"),
+        events=response.events,
+        word_count=response.word_count,
+        study_seconds=response.study_seconds,
+        active_days=response.active_days,
+        current_streak_days=response.current_streak_days,
+        longest_streak_days=response.longest_streak_days,
+        longest_streak_start=day(response.longest_streak_start),
+        longest_streak_end=day(response.longest_streak_end),
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 
 __all__ = [
     "BreakdownRow",
@@ -13,6 +13,7 @@ __all__ = [
     "Event",
     "EventError",
     "Granularity",
+    "LearnerStats",
     "Metric",
     "RecordResult",
     "SummaryBucket",
@@ -252,3 +253,37 @@ class BreakdownRow:
     word_count: int
     study_seconds: int
     unique_users: int
+
+
+@dataclass(frozen=True)
+class LearnerStats:
+    """The answer of `learner_stats`: one learner's activity before `as_of`.
+
+    Attributes:
+        user_id: The learner, in lower case.
+        time_zone: The time zone of the local dates, as given (or "UTC").
+        first_active: The learner's first event, an aware datetime in UTC; None without events.
+        last_active: The learner's last event; None without events.
+        events: Number of events.
+        word_count: Sum of word_count.
+        study_seconds: Sum of study_seconds.
+        active_days: Distinct local dates with at least one event.
+        current_streak_days: The run of consecutive active dates ending on as_of's local
+            date, or on the date before when that date has no event yet; otherwise 0.
+        longest_streak_days: The longest run (of equally long runs, the latest).
+        longest_streak_start: Its first local date; None when there is no event.
+        longest_streak_end: Its last local date; None when there is no event.
+    """
+
+    user_id: str
+    time_zone: str
+    first_active: datetime | None
+    last_active: datetime | None
+    events: int
+    word_count: int
+    study_seconds: int
+    active_days: int
+    current_streak_days: int
+    longest_streak_days: int
+    longest_streak_start: date | None
+    longest_streak_end: date | None

@@ -23,6 +23,7 @@ from daily_aggregator.client._models import (
     Dimension,
     Event,
     Granularity,
+    LearnerStats,
     Metric,
     RecordResult,
     SummaryResult,
@@ -319,6 +320,14 @@ class Client:
                 countries=tuple(countries),
                 exclude_countries=tuple(exclude_countries),
             )
+        )
+
+    def learner_stats(
+        self, user_id: str, *, time_zone: str = "UTC", as_of: datetime | None = None
+    ) -> LearnerStats:
+        """One learner's totals, activity and streaks; see `AsyncClient.learner_stats`."""
+        return self._runner.run(
+            self._client.learner_stats(user_id, time_zone=time_zone, as_of=as_of)
         )
 
     def record(self, events: Iterable[Event], *, batch_size: int = 1000) -> RecordResult:

@@ -83,6 +83,15 @@ class BreakdownQuery:
     limit: int
 
 
+@dataclass(frozen=True)
+class LearnerStatsQuery:
+    """One learner's statistics from the events before `as_of`, in local dates of `time_zone`."""
+
+    user_id: uuid.UUID
+    time_zone: TimeZone
+    as_of: datetime
+
+
 def _instant(request: object, field: str) -> datetime:
     """The timestamp `field`, rounded up to the microsecond.
 
@@ -167,4 +176,19 @@ def breakdown_query(request: pb.BreakdownRequest) -> BreakdownQuery:
         raise InvalidArgument("limit", f"must be at most {MAX_BREAKDOWN_LIMIT}")
     return BreakdownQuery(
         _filter(request), _DIMENSIONS[request.dimension], _METRICS[request.metric], limit
+    )
+
+
+def learner_stats_query(
+    request: pb.LearnerStatsRequest, zones: TimeZones, now: datetime
+) -> LearnerStatsQuery:
+    """Validate a LearnerStatsRequest; an unset `as_of` means `now`."""
+    if not request.user_id:
+        raise InvalidArgument("user_id", "is required")
+    if not is_uuid(request.user_id):
+        raise InvalidArgument("user_id", UUID_REASON)
+    return LearnerStatsQuery(
+        uuid.UUID(request.user_id),
+        zones.parse(request.time_zone),
+        _instant(request, "as_of") if request.HasField("as_of") else now,
     )

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import asyncpg
 import grpc
 
 from daily_aggregator.server.answers.breakdown import breakdown
+from daily_aggregator.server.answers.learner import learner_stats
 from daily_aggregator.server.answers.summary import summary
 from daily_aggregator.server.answers.uniques import uniques
 from daily_aggregator.server.errors import grpc_errors
 from daily_aggregator.server.ingest import record_stream
-from daily_aggregator.server.requests import breakdown_query, summary_query, uniques_query
+from daily_aggregator.server.requests import (
+    breakdown_query,
+    learner_stats_query,
+    summary_query,
+    uniques_query,
+)
 from daily_aggregator.server.timezones import TimeZones
 from daily_aggregator.v1 import aggregator_pb2, aggregator_pb2_grpc
 
@@ -71,3 +78,12 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         context: grpc.aio.ServicerContext[pb.BreakdownRequest, pb.BreakdownResponse],
     ) -> pb.BreakdownResponse:
         return await breakdown(self._pool, breakdown_query(request))
+
+    @grpc_errors
+    async def LearnerStats(
+        self,
+        request: pb.LearnerStatsRequest,
+        context: grpc.aio.ServicerContext[pb.LearnerStatsRequest, pb.LearnerStatsResponse],
+    ) -> pb.LearnerStatsResponse:
+        query = learner_stats_query(request, self._zones, now=datetime.now(UTC))
+        return await learner_stats(self._pool, self._zones, query)

@@ -69,7 +69,15 @@ async def test_reflection_lists_and_describes_the_service(channel: grpc.aio.Chan
         for raw in responses[1].file_descriptor_response.file_descriptor_proto
     ]
     [service] = [s for f in files for s in f.service if s.name == "AggregatorService"]
-    assert {m.name for m in service.method} == {"RecordEvents", "Summary", "Uniques", "Breakdown"}
+    assert {m.name for m in service.method} == {
+        "RecordEvents",
+        "Summary",
+        "Uniques",
+        "Breakdown",
+        "Retention",
+        "LearnerStats",
+        "DeleteUser",
+    }
 
 
 async def test_graceful_stop_lets_a_stream_in_flight_finish(

@@ -1,4 +1,5 @@
-"""The `daily-aggregator` command line: serve, ingest, summary, uniques, breakdown, demo.
+"""The `daily-aggregator` command line: serve, ingest, summary, uniques, breakdown, learner,
+demo.
 
 The library (`daily_aggregator.client`) never imports this module; only this module
 imports `rich`. Exit codes:
@@ -42,6 +43,7 @@ from daily_aggregator.client.cli._common import (
 )
 from daily_aggregator.client.cli._demo import demo_command
 from daily_aggregator.client.cli._ingest import ingest_command
+from daily_aggregator.client.cli._learner import learner_command
 from daily_aggregator.client.cli._reports import (
     breakdown_command,
     summary_command,
@@ -246,6 +248,26 @@ def _parser() -> argparse.ArgumentParser:
     breakdown.add_argument("--metric", choices=list(METRICS), default="events", help="rank by")
     breakdown.add_argument("--limit", type=int, default=10, help="rows to show (default 10)")
     breakdown.set_defaults(run=breakdown_command)
+
+    learner = commands.add_parser(
+        "learner",
+        parents=[connection],
+        help="one learner's totals, active days and streaks",
+        description="One learner's events, words and study time, first and last activity, "
+        "active local days, and the current and longest streaks of consecutive days.",
+    )
+    learner.add_argument("user_id", metavar="USER_ID", help="the learner's user_id")
+    learner.add_argument(
+        "--tz", help="time zone of the local dates: IANA name or +HH:MM (default UTC)"
+    )
+    learner.add_argument(
+        "--as-of",
+        metavar="TIME",
+        help="count only events before this ISO 8601 time (default: now); without an offset "
+        "it is read in --tz",
+    )
+    learner.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    learner.set_defaults(run=learner_command)
 
     demo = commands.add_parser(
         "demo",

@@ -98,7 +98,7 @@ class EventError(_message.Message):
     def __init__(self, index: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., field: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SummaryRequest(_message.Message):
-    __slots__ = ("user_id", "start_time", "end_time", "granularity", "time_zone", "moving_average_window", "countries", "exclude_countries")
+    __slots__ = ("user_id", "start_time", "end_time", "granularity", "time_zone", "moving_average_window", "countries", "exclude_countries", "compare_previous")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,7 @@ class SummaryRequest(_message.Message):
     MOVING_AVERAGE_WINDOW_FIELD_NUMBER: _ClassVar[int]
     COUNTRIES_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_COUNTRIES_FIELD_NUMBER: _ClassVar[int]
+    COMPARE_PREVIOUS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
@@ -115,17 +116,26 @@ class SummaryRequest(_message.Message):
     moving_average_window: int
     countries: _containers.RepeatedScalarFieldContainer[str]
     exclude_countries: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, user_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., time_zone: _Optional[str] = ..., moving_average_window: _Optional[int] = ..., countries: _Optional[_Iterable[str]] = ..., exclude_countries: _Optional[_Iterable[str]] = ...) -> None: ...
+    compare_previous: bool
+    def __init__(self, user_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., time_zone: _Optional[str] = ..., moving_average_window: _Optional[int] = ..., countries: _Optional[_Iterable[str]] = ..., exclude_countries: _Optional[_Iterable[str]] = ..., compare_previous: _Optional[bool] = ...) -> None: ...
 
 class SummaryResponse(_message.Message):
-    __slots__ = ("time_zone", "buckets", "totals")
+    __slots__ = ("time_zone", "buckets", "totals", "previous_start_time", "previous_end_time", "previous_buckets", "previous_totals")
     TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
     BUCKETS_FIELD_NUMBER: _ClassVar[int]
     TOTALS_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_START_TIME_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_END_TIME_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_TOTALS_FIELD_NUMBER: _ClassVar[int]
     time_zone: str
     buckets: _containers.RepeatedCompositeFieldContainer[SummaryBucket]
     totals: SummaryTotals
-    def __init__(self, time_zone: _Optional[str] = ..., buckets: _Optional[_Iterable[_Union[SummaryBucket, _Mapping]]] = ..., totals: _Optional[_Union[SummaryTotals, _Mapping]] = ...) -> None: ...
+    previous_start_time: _timestamp_pb2.Timestamp
+    previous_end_time: _timestamp_pb2.Timestamp
+    previous_buckets: _containers.RepeatedCompositeFieldContainer[SummaryBucket]
+    previous_totals: SummaryTotals
+    def __init__(self, time_zone: _Optional[str] = ..., buckets: _Optional[_Iterable[_Union[SummaryBucket, _Mapping]]] = ..., totals: _Optional[_Union[SummaryTotals, _Mapping]] = ..., previous_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., previous_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., previous_buckets: _Optional[_Iterable[_Union[SummaryBucket, _Mapping]]] = ..., previous_totals: _Optional[_Union[SummaryTotals, _Mapping]] = ...) -> None: ...
 
 class SummaryBucket(_message.Message):
     __slots__ = ("start_time", "local_start", "events", "word_count", "study_seconds", "average_word_count", "average_study_seconds", "word_count_sma", "study_seconds_sma")
@@ -162,43 +172,57 @@ class SummaryTotals(_message.Message):
     def __init__(self, events: _Optional[int] = ..., word_count: _Optional[int] = ..., study_seconds: _Optional[int] = ..., active_users: _Optional[int] = ...) -> None: ...
 
 class UniquesRequest(_message.Message):
-    __slots__ = ("start_time", "end_time", "granularity", "time_zone", "countries", "exclude_countries")
+    __slots__ = ("start_time", "end_time", "granularity", "time_zone", "countries", "exclude_countries", "rolling_days", "compare_previous")
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     GRANULARITY_FIELD_NUMBER: _ClassVar[int]
     TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
     COUNTRIES_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_COUNTRIES_FIELD_NUMBER: _ClassVar[int]
+    ROLLING_DAYS_FIELD_NUMBER: _ClassVar[int]
+    COMPARE_PREVIOUS_FIELD_NUMBER: _ClassVar[int]
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
     granularity: Granularity
     time_zone: str
     countries: _containers.RepeatedScalarFieldContainer[str]
     exclude_countries: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., time_zone: _Optional[str] = ..., countries: _Optional[_Iterable[str]] = ..., exclude_countries: _Optional[_Iterable[str]] = ...) -> None: ...
+    rolling_days: int
+    compare_previous: bool
+    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., time_zone: _Optional[str] = ..., countries: _Optional[_Iterable[str]] = ..., exclude_countries: _Optional[_Iterable[str]] = ..., rolling_days: _Optional[int] = ..., compare_previous: _Optional[bool] = ...) -> None: ...
 
 class UniquesResponse(_message.Message):
-    __slots__ = ("time_zone", "buckets", "unique_users")
+    __slots__ = ("time_zone", "buckets", "unique_users", "previous_start_time", "previous_end_time", "previous_buckets", "previous_unique_users")
     TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
     BUCKETS_FIELD_NUMBER: _ClassVar[int]
     UNIQUE_USERS_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_START_TIME_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_END_TIME_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_UNIQUE_USERS_FIELD_NUMBER: _ClassVar[int]
     time_zone: str
     buckets: _containers.RepeatedCompositeFieldContainer[UniquesBucket]
     unique_users: int
-    def __init__(self, time_zone: _Optional[str] = ..., buckets: _Optional[_Iterable[_Union[UniquesBucket, _Mapping]]] = ..., unique_users: _Optional[int] = ...) -> None: ...
+    previous_start_time: _timestamp_pb2.Timestamp
+    previous_end_time: _timestamp_pb2.Timestamp
+    previous_buckets: _containers.RepeatedCompositeFieldContainer[UniquesBucket]
+    previous_unique_users: int
+    def __init__(self, time_zone: _Optional[str] = ..., buckets: _Optional[_Iterable[_Union[UniquesBucket, _Mapping]]] = ..., unique_users: _Optional[int] = ..., previous_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., previous_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., previous_buckets: _Optional[_Iterable[_Union[UniquesBucket, _Mapping]]] = ..., previous_unique_users: _Optional[int] = ...) -> None: ...
 
 class UniquesBucket(_message.Message):
-    __slots__ = ("start_time", "local_start", "unique_users")
+    __slots__ = ("start_time", "local_start", "unique_users", "rolling_unique_users")
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     LOCAL_START_FIELD_NUMBER: _ClassVar[int]
     UNIQUE_USERS_FIELD_NUMBER: _ClassVar[int]
+    ROLLING_UNIQUE_USERS_FIELD_NUMBER: _ClassVar[int]
     start_time: _timestamp_pb2.Timestamp
     local_start: str
     unique_users: int
-    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., local_start: _Optional[str] = ..., unique_users: _Optional[int] = ...) -> None: ...
+    rolling_unique_users: int
+    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., local_start: _Optional[str] = ..., unique_users: _Optional[int] = ..., rolling_unique_users: _Optional[int] = ...) -> None: ...
 
 class BreakdownRequest(_message.Message):
-    __slots__ = ("start_time", "end_time", "dimension", "metric", "limit", "countries", "exclude_countries")
+    __slots__ = ("start_time", "end_time", "dimension", "metric", "limit", "countries", "exclude_countries", "compare_previous")
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +230,7 @@ class BreakdownRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     COUNTRIES_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_COUNTRIES_FIELD_NUMBER: _ClassVar[int]
+    COMPARE_PREVIOUS_FIELD_NUMBER: _ClassVar[int]
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
     dimension: Dimension
@@ -213,13 +238,20 @@ class BreakdownRequest(_message.Message):
     limit: int
     countries: _containers.RepeatedScalarFieldContainer[str]
     exclude_countries: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dimension: _Optional[_Union[Dimension, str]] = ..., metric: _Optional[_Union[Metric, str]] = ..., limit: _Optional[int] = ..., countries: _Optional[_Iterable[str]] = ..., exclude_countries: _Optional[_Iterable[str]] = ...) -> None: ...
+    compare_previous: bool
+    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dimension: _Optional[_Union[Dimension, str]] = ..., metric: _Optional[_Union[Metric, str]] = ..., limit: _Optional[int] = ..., countries: _Optional[_Iterable[str]] = ..., exclude_countries: _Optional[_Iterable[str]] = ..., compare_previous: _Optional[bool] = ...) -> None: ...
 
 class BreakdownResponse(_message.Message):
-    __slots__ = ("rows",)
+    __slots__ = ("rows", "previous_start_time", "previous_end_time", "previous_rows")
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_START_TIME_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_END_TIME_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_ROWS_FIELD_NUMBER: _ClassVar[int]
     rows: _containers.RepeatedCompositeFieldContainer[BreakdownRow]
-    def __init__(self, rows: _Optional[_Iterable[_Union[BreakdownRow, _Mapping]]] = ...) -> None: ...
+    previous_start_time: _timestamp_pb2.Timestamp
+    previous_end_time: _timestamp_pb2.Timestamp
+    previous_rows: _containers.RepeatedCompositeFieldContainer[BreakdownRow]
+    def __init__(self, rows: _Optional[_Iterable[_Union[BreakdownRow, _Mapping]]] = ..., previous_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., previous_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., previous_rows: _Optional[_Iterable[_Union[BreakdownRow, _Mapping]]] = ...) -> None: ...
 
 class BreakdownRow(_message.Message):
     __slots__ = ("key", "events", "word_count", "study_seconds", "unique_users")
@@ -234,3 +266,93 @@ class BreakdownRow(_message.Message):
     study_seconds: int
     unique_users: int
     def __init__(self, key: _Optional[str] = ..., events: _Optional[int] = ..., word_count: _Optional[int] = ..., study_seconds: _Optional[int] = ..., unique_users: _Optional[int] = ...) -> None: ...
+
+class RetentionRequest(_message.Message):
+    __slots__ = ("start_time", "end_time", "granularity", "periods", "time_zone", "countries", "exclude_countries")
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    GRANULARITY_FIELD_NUMBER: _ClassVar[int]
+    PERIODS_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    COUNTRIES_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_COUNTRIES_FIELD_NUMBER: _ClassVar[int]
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    granularity: Granularity
+    periods: int
+    time_zone: str
+    countries: _containers.RepeatedScalarFieldContainer[str]
+    exclude_countries: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., periods: _Optional[int] = ..., time_zone: _Optional[str] = ..., countries: _Optional[_Iterable[str]] = ..., exclude_countries: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RetentionResponse(_message.Message):
+    __slots__ = ("time_zone", "cohorts")
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    COHORTS_FIELD_NUMBER: _ClassVar[int]
+    time_zone: str
+    cohorts: _containers.RepeatedCompositeFieldContainer[RetentionCohort]
+    def __init__(self, time_zone: _Optional[str] = ..., cohorts: _Optional[_Iterable[_Union[RetentionCohort, _Mapping]]] = ...) -> None: ...
+
+class RetentionCohort(_message.Message):
+    __slots__ = ("start_time", "local_start", "users", "retained")
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_START_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    RETAINED_FIELD_NUMBER: _ClassVar[int]
+    start_time: _timestamp_pb2.Timestamp
+    local_start: str
+    users: int
+    retained: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., local_start: _Optional[str] = ..., users: _Optional[int] = ..., retained: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class LearnerStatsRequest(_message.Message):
+    __slots__ = ("user_id", "time_zone", "as_of")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    time_zone: str
+    as_of: _timestamp_pb2.Timestamp
+    def __init__(self, user_id: _Optional[str] = ..., time_zone: _Optional[str] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class LearnerStatsResponse(_message.Message):
+    __slots__ = ("user_id", "time_zone", "first_active", "last_active", "events", "word_count", "study_seconds", "active_days", "current_streak_days", "longest_streak_days", "longest_streak_start", "longest_streak_end")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    FIRST_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    WORD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    STUDY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_DAYS_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_STREAK_DAYS_FIELD_NUMBER: _ClassVar[int]
+    LONGEST_STREAK_DAYS_FIELD_NUMBER: _ClassVar[int]
+    LONGEST_STREAK_START_FIELD_NUMBER: _ClassVar[int]
+    LONGEST_STREAK_END_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    time_zone: str
+    first_active: _timestamp_pb2.Timestamp
+    last_active: _timestamp_pb2.Timestamp
+    events: int
+    word_count: int
+    study_seconds: int
+    active_days: int
+    current_streak_days: int
+    longest_streak_days: int
+    longest_streak_start: str
+    longest_streak_end: str
+    def __init__(self, user_id: _Optional[str] = ..., time_zone: _Optional[str] = ..., first_active: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_active: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., events: _Optional[int] = ..., word_count: _Optional[int] = ..., study_seconds: _Optional[int] = ..., active_days: _Optional[int] = ..., current_streak_days: _Optional[int] = ..., longest_streak_days: _Optional[int] = ..., longest_streak_start: _Optional[str] = ..., longest_streak_end: _Optional[str] = ...) -> None: ...
+
+class DeleteUserRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class DeleteUserResponse(_message.Message):
+    __slots__ = ("deleted_events", "erased_at")
+    DELETED_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ERASED_AT_FIELD_NUMBER: _ClassVar[int]
+    deleted_events: int
+    erased_at: _timestamp_pb2.Timestamp
+    def __init__(self, deleted_events: _Optional[int] = ..., erased_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

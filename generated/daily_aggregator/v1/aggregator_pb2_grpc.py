@@ -56,6 +56,21 @@ class AggregatorServiceStub:
                 request_serializer=daily__aggregator_dot_v1_dot_aggregator__pb2.BreakdownRequest.SerializeToString,
                 response_deserializer=daily__aggregator_dot_v1_dot_aggregator__pb2.BreakdownResponse.FromString,
                 _registered_method=True)
+        self.Retention = channel.unary_unary(
+                '/daily_aggregator.v1.AggregatorService/Retention',
+                request_serializer=daily__aggregator_dot_v1_dot_aggregator__pb2.RetentionRequest.SerializeToString,
+                response_deserializer=daily__aggregator_dot_v1_dot_aggregator__pb2.RetentionResponse.FromString,
+                _registered_method=True)
+        self.LearnerStats = channel.unary_unary(
+                '/daily_aggregator.v1.AggregatorService/LearnerStats',
+                request_serializer=daily__aggregator_dot_v1_dot_aggregator__pb2.LearnerStatsRequest.SerializeToString,
+                response_deserializer=daily__aggregator_dot_v1_dot_aggregator__pb2.LearnerStatsResponse.FromString,
+                _registered_method=True)
+        self.DeleteUser = channel.unary_unary(
+                '/daily_aggregator.v1.AggregatorService/DeleteUser',
+                request_serializer=daily__aggregator_dot_v1_dot_aggregator__pb2.DeleteUserRequest.SerializeToString,
+                response_deserializer=daily__aggregator_dot_v1_dot_aggregator__pb2.DeleteUserResponse.FromString,
+                _registered_method=True)
 
 
 class AggregatorServiceServicer:
@@ -132,6 +147,33 @@ class AggregatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Retention(self, request, context):
+        """Retention follows cohorts of new learners: per bucket of the range, the
+        learners whose first event falls in it, and how many of them come back in
+        each of the following buckets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LearnerStats(self, request, context):
+        """LearnerStats describes one learner: totals, first and last activity,
+        active days and streaks of consecutive local days.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteUser(self, request, context):
+        """DeleteUser erases a learner: every stored event, from every answer. The
+        erasure is remembered, so events of that learner that occurred before it
+        are refused when they are sent again. Needs the admin scope when the
+        server has a tokens file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AggregatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +196,21 @@ def add_AggregatorServiceServicer_to_server(servicer, server):
                     servicer.Breakdown,
                     request_deserializer=daily__aggregator_dot_v1_dot_aggregator__pb2.BreakdownRequest.FromString,
                     response_serializer=daily__aggregator_dot_v1_dot_aggregator__pb2.BreakdownResponse.SerializeToString,
+            ),
+            'Retention': grpc.unary_unary_rpc_method_handler(
+                    servicer.Retention,
+                    request_deserializer=daily__aggregator_dot_v1_dot_aggregator__pb2.RetentionRequest.FromString,
+                    response_serializer=daily__aggregator_dot_v1_dot_aggregator__pb2.RetentionResponse.SerializeToString,
+            ),
+            'LearnerStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.LearnerStats,
+                    request_deserializer=daily__aggregator_dot_v1_dot_aggregator__pb2.LearnerStatsRequest.FromString,
+                    response_serializer=daily__aggregator_dot_v1_dot_aggregator__pb2.LearnerStatsResponse.SerializeToString,
+            ),
+            'DeleteUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUser,
+                    request_deserializer=daily__aggregator_dot_v1_dot_aggregator__pb2.DeleteUserRequest.FromString,
+                    response_serializer=daily__aggregator_dot_v1_dot_aggregator__pb2.DeleteUserResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +323,87 @@ class AggregatorService:
             '/daily_aggregator.v1.AggregatorService/Breakdown',
             daily__aggregator_dot_v1_dot_aggregator__pb2.BreakdownRequest.SerializeToString,
             daily__aggregator_dot_v1_dot_aggregator__pb2.BreakdownResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Retention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/daily_aggregator.v1.AggregatorService/Retention',
+            daily__aggregator_dot_v1_dot_aggregator__pb2.RetentionRequest.SerializeToString,
+            daily__aggregator_dot_v1_dot_aggregator__pb2.RetentionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LearnerStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/daily_aggregator.v1.AggregatorService/LearnerStats',
+            daily__aggregator_dot_v1_dot_aggregator__pb2.LearnerStatsRequest.SerializeToString,
+            daily__aggregator_dot_v1_dot_aggregator__pb2.LearnerStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/daily_aggregator.v1.AggregatorService/DeleteUser',
+            daily__aggregator_dot_v1_dot_aggregator__pb2.DeleteUserRequest.SerializeToString,
+            daily__aggregator_dot_v1_dot_aggregator__pb2.DeleteUserResponse.FromString,
             options,
             channel_credentials,
             insecure,
