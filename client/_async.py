@@ -125,6 +125,7 @@ class AsyncClient:
         moving_average_window: int = 3,
         countries: Iterable[str] = (),
         exclude_countries: Iterable[str] = (),
+        compare_previous: bool = False,
     ) -> SummaryResult:
         """Events, words and study time per calendar bucket of `time_zone`.
 
@@ -137,6 +138,8 @@ class AsyncClient:
             moving_average_window: Buckets per simple moving average, 1 to 365.
             countries: Keep only events from these countries (empty keeps all).
             exclude_countries: Drop events from these countries.
+            compare_previous: Also answer for the previous period, the same number of
+                buckets before the range (`SummaryResult.previous_buckets`).
 
         Raises:
             ValueError: `start` or `end` is naive.
@@ -151,6 +154,7 @@ class AsyncClient:
             moving_average_window=moving_average_window,
             countries=list(countries),
             exclude_countries=list(exclude_countries),
+            compare_previous=compare_previous,
         )
         return summary_result(await self._query(self._stub.Summary, request))
 
@@ -163,10 +167,17 @@ class AsyncClient:
         time_zone: str = "UTC",
         countries: Iterable[str] = (),
         exclude_countries: Iterable[str] = (),
+        rolling_days: int = 0,
+        compare_previous: bool = False,
     ) -> UniquesResult:
         """Distinct active users per calendar bucket of `time_zone` and over the range.
 
-        Arguments and errors are those of `summary`.
+        Arguments and errors are those of `summary`, and:
+
+        Args:
+            rolling_days: 1 to 366: each bucket also counts the distinct users of the
+                `rolling_days` local days ending with it (7 gives weekly actives per day);
+                daily buckets only. 0 for none.
         """
         request = pb.UniquesRequest(
             **_range(start, end),
@@ -174,8 +185,11 @@ class AsyncClient:
             time_zone=time_zone,
             countries=list(countries),
             exclude_countries=list(exclude_countries),
+            rolling_days=rolling_days,
+            compare_previous=compare_previous,
         )
-        return uniques_result(await self._query(self._stub.Uniques, request))
+        response = await self._query(self._stub.Uniques, request)
+        return uniques_result(response, rolling=bool(rolling_days))
 
     async def breakdown(
         self,
@@ -187,6 +201,7 @@ class AsyncClient:
         limit: int = 10,
         countries: Iterable[str] = (),
         exclude_countries: Iterable[str] = (),
+        compare_previous: bool = False,
     ) -> list[BreakdownRow]:
         """The top `limit` users or countries by `metric` over [start, end), best first.
 
@@ -198,6 +213,8 @@ class AsyncClient:
             limit: Maximum number of rows, 1 to 1,000.
             countries: Keep only events from these countries (empty keeps all).
             exclude_countries: Drop events from these countries.
+            compare_previous: Also give each row's key over ``[start - (end - start),
+                start)``, as its `BreakdownRow.previous`.
 
         Raises:
             ValueError: `start` or `end` is naive.
@@ -211,6 +228,7 @@ class AsyncClient:
             limit=limit,
             countries=list(countries),
             exclude_countries=list(exclude_countries),
+            compare_previous=compare_previous,
         )
         return breakdown_rows(await self._query(self._stub.Breakdown, request))
 

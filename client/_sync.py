@@ -260,6 +260,7 @@ class Client:
         moving_average_window: int = 3,
         countries: Iterable[str] = (),
         exclude_countries: Iterable[str] = (),
+        compare_previous: bool = False,
     ) -> SummaryResult:
         """Events, words and study time per calendar bucket; see `AsyncClient.summary`."""
         return self._runner.run(
@@ -272,6 +273,7 @@ class Client:
                 moving_average_window=moving_average_window,
                 countries=tuple(countries),
                 exclude_countries=tuple(exclude_countries),
+                compare_previous=compare_previous,
             )
         )
 
@@ -284,6 +286,8 @@ class Client:
         time_zone: str = "UTC",
         countries: Iterable[str] = (),
         exclude_countries: Iterable[str] = (),
+        rolling_days: int = 0,
+        compare_previous: bool = False,
     ) -> UniquesResult:
         """Distinct active users per calendar bucket; see `AsyncClient.uniques`."""
         return self._runner.run(
@@ -294,6 +298,8 @@ class Client:
                 time_zone=time_zone,
                 countries=tuple(countries),
                 exclude_countries=tuple(exclude_countries),
+                rolling_days=rolling_days,
+                compare_previous=compare_previous,
             )
         )
 
@@ -307,6 +313,7 @@ class Client:
         limit: int = 10,
         countries: Iterable[str] = (),
         exclude_countries: Iterable[str] = (),
+        compare_previous: bool = False,
     ) -> list[BreakdownRow]:
         """The top users or countries by a metric; see `AsyncClient.breakdown`."""
         return self._runner.run(
@@ -318,6 +325,7 @@ class Client:
                 limit=limit,
                 countries=tuple(countries),
                 exclude_countries=tuple(exclude_countries),
+                compare_previous=compare_previous,
             )
         )
 
