@@ -22,6 +22,7 @@ from tests.test_queries import USER_A, USER_B, USER_C, Stub, store, uniques, utc
 USER_D = "d0000000-0000-4000-8000-000000000000"
 USER_E = "e0000000-0000-4000-8000-000000000000"
 USER_F = "f0000000-0000-4000-8000-000000000000"
+USER_G = "00000000-0000-4000-8000-000000000007"
 
 
 def counts(response: pb.UniquesResponse) -> list[tuple[str, int, int]]:
@@ -95,6 +96,7 @@ async def test_partial_first_and_last_buckets_on_new_yorks_25_hour_day(stub: Stu
             event(user_id=USER_B, at=utc("2025-11-01T12:00Z")),  # Nov 1
             event(user_id=USER_A, at=utc("2025-11-02T04:30Z")),  # Nov 2 00:30 EDT, before start
             event(user_id=USER_C, at=utc("2025-11-03T04:30Z")),  # Nov 2 23:30 EST, the 25th hour
+            event(user_id=USER_G, at=utc("2025-11-02T06:30Z")),  # Nov 2 01:30 EST, the repeat
             event(user_id=USER_D, at=utc("2025-11-04T11:59:59.999999Z")),  # Nov 4, last instant
             event(user_id=USER_E, at=utc("2025-11-04T12:00Z")),  # the range's end: not counted
         ],
@@ -103,10 +105,10 @@ async def test_partial_first_and_last_buckets_on_new_yorks_25_hour_day(stub: Stu
         stub, "2025-11-02T12:00Z", "2025-11-04T12:00Z", time_zone="America/New_York", rolling_days=2
     )
     assert counts(response) == [
-        # Only C is inside the range; the window is Nov 1 and all of Nov 2.
-        ("2025-11-02T00:00:00-04:00", 1, 3),
-        # Nov 2 and 3 whole: A (before start_time) and C.
-        ("2025-11-03T00:00:00-05:00", 0, 2),
+        # Only C is inside the range; the window is Nov 1 and all of Nov 2: B, A, G, C.
+        ("2025-11-02T00:00:00-04:00", 1, 4),
+        # Nov 2 and 3 whole: A and G (before start_time) and C.
+        ("2025-11-03T00:00:00-05:00", 0, 3),
         # Nov 3 and Nov 4 up to end_time.
         ("2025-11-04T00:00:00-05:00", 1, 1),
     ]
