@@ -23,9 +23,35 @@ from datetime import UTC, datetime, timedelta
 
 from daily_aggregator.server.calendar import ZoneRules
 
-__all__ = ["at_wall", "before", "wall_back"]
+__all__ = ["at_wall", "back", "before", "reach", "wall_back"]
 
 _DAY = timedelta(days=1)
+_HOUR = timedelta(hours=1)
+
+
+def back(rules: ZoneRules, unit: str, instant: datetime, count: int) -> datetime:
+    """`instant` moved back `count` hours, days, weeks or months, as described above.
+
+    `rules` must cover `instant` and the day around where it lands (see `reach`).
+
+    Raises:
+        OverflowError: the result is before year 1.
+    """
+    if unit == "hour":
+        return instant - count * _HOUR
+    return at_wall(rules, wall_back(unit, rules.local(instant), count))
+
+
+def reach(rules: ZoneRules, unit: str, instant: datetime, count: int) -> datetime:
+    """Within a day of where `back` lands, from the rules of `instant` alone: its local time
+    moved back, read as UTC (no offset reaches a day). The earliest instant for a result
+    before year 1."""
+    if unit == "hour":
+        return instant - count * _HOUR
+    try:
+        return wall_back(unit, rules.local(instant), count).replace(tzinfo=UTC)
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def wall_back(unit: str, wall: datetime, count: int) -> datetime:

@@ -14,7 +14,6 @@ from daily_aggregator.server.activity import Span
 from daily_aggregator.server.errors import InvalidArgument
 from daily_aggregator.server.requests import (
     EARLIEST,
-    LATEST,
     MAX_BUCKETS,
     SeriesQuery,
     check_previous_range,
@@ -80,22 +79,12 @@ async def previous_period(
             within the range limits.
     """
     count = len(current.buckets)
-    if q.unit == "hour":
-        start, end = (t - count * timedelta(hours=1) for t in current.span)
-        check_previous_range(start, end)
-        rules = await zones.rules(conn, q.time_zone, start - _reach_back(q), end)
-    else:
-        try:
-            walls = [periods.wall_back(q.unit, current.rules.local(t), count) for t in current.span]
-        except OverflowError:
-            walls = [datetime.min, datetime.min]
-        lo, hi = (wall.replace(tzinfo=UTC) for wall in walls)
-        # No offset reaches a day: local times further out than that are out of range
-        # whatever the zone, and no rules need to be read for them.
-        check_previous_range(min(lo + _DAY, EARLIEST), max(hi - _DAY, LATEST))
-        rules = await zones.rules(conn, q.time_zone, lo - _DAY - _reach_back(q), hi + _DAY)
-        start, end = (periods.at_wall(rules, wall) for wall in walls)
-        check_previous_range(start, end)
+    # A previous period far out of range is refused before the rules of its time are read.
+    earliest = periods.reach(current.rules, q.unit, current.start, count)
+    check_previous_range(min(earliest + _DAY, EARLIEST), current.end)
+    rules = await zones.rules(conn, q.time_zone, earliest - _DAY - _reach_back(q), current.end)
+    start, end = (periods.back(rules, q.unit, t, count) for t in current.span)
+    check_previous_range(start, end)
     if end <= start:
         return Period(start, start, rules, [])
     return Period(start, end, rules, _buckets(rules, q.unit, start, end, MAX_BUCKETS * 2))
