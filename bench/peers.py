@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,12 @@ class Peer:
 
 
 def _ts(q: Question) -> tuple[str, str]:
-    return (q.start.strftime("%Y-%m-%d %H:%M:%S.%f"), q.end.strftime("%Y-%m-%d %H:%M:%S.%f"))
+    return (_us(q.start), _us(q.end))
+
+
+def _us(when: datetime) -> str:
+    """A UTC instant as a literal the engines read, to the microsecond."""
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 class ClickHouse(Peer):
@@ -98,6 +104,18 @@ class ClickHouse(Peer):
                 f" AND occurred_at < toDateTime64('{hi}', 6, 'UTC') GROUP BY d ORDER BY d"
             )
             return q.stats_answer(rows)
+        if q.kind == "rolling":
+            # Each learner's active local days, each spread over the days whose window holds it.
+            first, last, reach = q.rolling_days_range()
+            rows = self._rows(
+                f"SELECT toString(d), uniqExact(user_id) FROM ("
+                f" SELECT DISTINCT user_id, toDate(occurred_at, '{q.zone}') AS day FROM events"
+                f" WHERE occurred_at >= toDateTime64('{_us(reach)}', 6, 'UTC')"
+                f" AND occurred_at < toDateTime64('{_ts(q)[1]}', 6, 'UTC'))"
+                f" ARRAY JOIN arrayMap(i -> day + i, range({q.rolling_days})) AS d"
+                f" WHERE d BETWEEN toDate('{first}') AND toDate('{last}') GROUP BY d"
+            )
+            return q.rolling_answer([(date.fromisoformat(r[0]), r[1]) for r in rows])
         if q.kind in ("summary", "uniques", "learner"):
             values = (
                 "count(), sum(word_count), sum(study_seconds), uniqExact(user_id)"
@@ -163,6 +181,20 @@ class DuckDB(Peer):
                 f" AND occurred_at < TIMESTAMPTZ '{hi}+00' GROUP BY d ORDER BY d"
             ).fetchall()
             return q.stats_answer(rows)
+        if q.kind == "rolling":
+            # Each learner's active local days, then every day joined to the days of its window.
+            first, last, reach = q.rolling_days_range()
+            rows = self._db.execute(
+                "WITH active AS (SELECT DISTINCT user_id,"
+                f" CAST(occurred_at AT TIME ZONE '{q.zone}' AS DATE) AS day FROM events"
+                f" WHERE occurred_at >= TIMESTAMPTZ '{_us(reach)}+00'"
+                f" AND occurred_at < TIMESTAMPTZ '{_ts(q)[1]}+00'),"
+                f" days AS (SELECT CAST(d AS DATE) AS day FROM range(DATE '{first}',"
+                f" DATE '{last}' + 1, INTERVAL 1 DAY) AS t (d))"
+                " SELECT d.day, count(DISTINCT a.user_id) FROM days AS d JOIN active AS a"
+                f" ON a.day BETWEEN d.day - {q.rolling_days - 1} AND d.day GROUP BY d.day"
+            ).fetchall()
+            return q.rolling_answer([(r[0], r[1]) for r in rows])
         if q.kind in ("summary", "uniques", "learner"):
             # Buckets by local wall time, each start turned into its instant afterwards.
             # The zones asked about keep whole-hour offsets: their hours are UTC hours.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -41,8 +41,9 @@ class Question:
 
     name: str
     kind: str
-    """summary, uniques, learner (a one-learner summary), countries, top_learners or stats
-    (LearnerStats of `user_id` as of `end`)."""
+    """summary, uniques, learner (a one-learner summary), countries, top_learners, rolling
+    (uniques with a rolling window of `rolling_days`) or stats (LearnerStats of `user_id` as
+    of `end`)."""
     start: datetime
     end: datetime
     target: str
@@ -50,6 +51,26 @@ class Question:
     zone: str = ZONE
     user_id: str = ""
     limit: int = 10
+    rolling_days: int = 0
+
+    def rolling_days_range(self) -> tuple[date, date, datetime]:
+        """The local dates of a rolling question's first and last buckets, and the start of
+        its first window (the local midnight rolling_days - 1 days before the first)."""
+        zone = ZoneInfo(self.zone)
+        first = self.start.astimezone(zone).date()
+        last = (self.end - timedelta(microseconds=1)).astimezone(zone).date()
+        reach = datetime.combine(first - timedelta(days=self.rolling_days - 1), time(), zone)
+        return first, last, reach.astimezone(UTC)
+
+    def rolling_answer(self, rows: list[tuple[date, int]]) -> Answer:
+        """(bucket start in Unix seconds, rolling count) of each day with a count, from rows
+        of (local date, count)."""
+        zone = ZoneInfo(self.zone)
+        return [
+            (int(datetime.combine(day, time(), zone).timestamp()), int(count))
+            for day, count in sorted(rows)
+            if count
+        ]
 
     def series_answer(self, rows: list[tuple[Any, ...]]) -> Answer:
         """(buckets, total) from rows of (bucket start or None for the total, values...).
@@ -109,6 +130,15 @@ class Question:
                 if b.events
             ]
             return rows, response.totals.active_users
+        if self.kind == "rolling":
+            response = await stub.Uniques(
+                pb.UniquesRequest(**span, time_zone=self.zone, rolling_days=self.rolling_days)
+            )
+            return [
+                (b.start_time.seconds, b.rolling_unique_users)
+                for b in response.buckets
+                if b.rolling_unique_users
+            ]
         if self.kind == "uniques":
             response = await stub.Uniques(
                 pb.UniquesRequest(
@@ -153,6 +183,23 @@ class Question:
                 self.end,
             )
             return self.stats_answer([tuple(r) for r in rows])
+        if self.kind == "rolling":
+            # Each learner's active local days, then every day joined to the days of its window.
+            first, last, reach = self.rolling_days_range()
+            rows = await conn.fetch(
+                "WITH active AS ("
+                f" SELECT DISTINCT user_id, (occurred_at AT TIME ZONE '{self.zone}')::date AS day"
+                " FROM events WHERE occurred_at >= $1 AND occurred_at < $2),"
+                " days AS (SELECT d::date AS day FROM generate_series($3::date, $4::date,"
+                " interval '1 day') AS d)"
+                " SELECT d.day, count(DISTINCT a.user_id) FROM days AS d JOIN active AS a"
+                f" ON a.day BETWEEN d.day - {self.rolling_days - 1} AND d.day GROUP BY d.day",
+                reach,
+                self.end,
+                first,
+                last,
+            )
+            return self.rolling_answer([(r[0], r[1]) for r in rows])
         if self.kind in ("summary", "uniques", "learner"):
             # The zones asked about keep whole-hour offsets: their hours are UTC hours.
             bucket = (
@@ -231,6 +278,13 @@ def questions(heaviest: str) -> list[Question]:
         Question("Summary, all, daily, 90 days, NY", "summary", *days90, x3),
         Question("Summary, all, monthly, 1 year, NY", "summary", *year, x3, unit="month"),
         Question("Uniques, daily, 90 days, NY", "uniques", *days90, x3),
+        Question(
+            "Uniques, WAU per day, 90 days, New York",
+            "rolling",
+            *days90,
+            "<= 100 ms",
+            rolling_days=7,
+        ),
         Question("Uniques, monthly, 1 year, NY", "uniques", *year, x3, unit="month"),
         Question("Uniques, hourly, 1 year, NY", "uniques", *year, beat, unit="hour"),
         Question("Uniques, daily, 1 year, Kolkata", "uniques", *year, beat, zone="Asia/Kolkata"),

@@ -129,6 +129,7 @@ class AsyncClient:
         moving_average_window: int = 3,
         countries: Iterable[str] = (),
         exclude_countries: Iterable[str] = (),
+        compare_previous: bool = False,
     ) -> SummaryResult:
         """Events, words and study time per calendar bucket of `time_zone`.
 
@@ -141,6 +142,8 @@ class AsyncClient:
             moving_average_window: Buckets per simple moving average, 1 to 365.
             countries: Keep only events from these countries (empty keeps all).
             exclude_countries: Drop events from these countries.
+            compare_previous: Also answer for the previous period, the same number of
+                buckets before the range (`SummaryResult.previous_buckets`).
 
         Raises:
             ValueError: `start` or `end` is naive.
@@ -155,6 +158,7 @@ class AsyncClient:
             moving_average_window=moving_average_window,
             countries=list(countries),
             exclude_countries=list(exclude_countries),
+            compare_previous=compare_previous,
         )
         return summary_result(await self._query(self._stub.Summary, request))
 
@@ -167,10 +171,17 @@ class AsyncClient:
         time_zone: str = "UTC",
         countries: Iterable[str] = (),
         exclude_countries: Iterable[str] = (),
+        rolling_days: int = 0,
+        compare_previous: bool = False,
     ) -> UniquesResult:
         """Distinct active users per calendar bucket of `time_zone` and over the range.
 
-        Arguments and errors are those of `summary`.
+        Arguments and errors are those of `summary`, and:
+
+        Args:
+            rolling_days: 1 to 366: each bucket also counts the distinct users of the
+                `rolling_days` local days ending with it (7 gives weekly actives per day);
+                daily buckets only. 0 for none.
         """
         request = pb.UniquesRequest(
             **_range(start, end),
@@ -178,8 +189,11 @@ class AsyncClient:
             time_zone=time_zone,
             countries=list(countries),
             exclude_countries=list(exclude_countries),
+            rolling_days=rolling_days,
+            compare_previous=compare_previous,
         )
-        return uniques_result(await self._query(self._stub.Uniques, request))
+        response = await self._query(self._stub.Uniques, request)
+        return uniques_result(response, rolling=bool(rolling_days))
 
     async def breakdown(
         self,
@@ -191,6 +205,7 @@ class AsyncClient:
         limit: int = 10,
         countries: Iterable[str] = (),
         exclude_countries: Iterable[str] = (),
+        compare_previous: bool = False,
     ) -> list[BreakdownRow]:
         """The top `limit` users or countries by `metric` over [start, end), best first.
 
@@ -202,6 +217,8 @@ class AsyncClient:
             limit: Maximum number of rows, 1 to 1,000.
             countries: Keep only events from these countries (empty keeps all).
             exclude_countries: Drop events from these countries.
+            compare_previous: Also give each row's key over ``[start - (end - start),
+                start)``, as its `BreakdownRow.previous`.
 
         Raises:
             ValueError: `start` or `end` is naive.
@@ -215,6 +232,7 @@ class AsyncClient:
             limit=limit,
             countries=list(countries),
             exclude_countries=list(exclude_countries),
+            compare_previous=compare_previous,
         )
         return breakdown_rows(await self._query(self._stub.Breakdown, request))
 

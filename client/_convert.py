@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 
@@ -111,57 +112,85 @@ def _local(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
+def _summary_bucket(b: pb.SummaryBucket) -> SummaryBucket:
+    return SummaryBucket(
+        start_time=instant(b.start_time),
+        local_start=_local(b.local_start),
+        local_start_text=b.local_start,
+        events=b.events,
+        word_count=b.word_count,
+        study_seconds=b.study_seconds,
+        average_word_count=b.average_word_count,
+        average_study_seconds=b.average_study_seconds,
+        word_count_sma=b.word_count_sma,
+        study_seconds_sma=b.study_seconds_sma,
+    )
+
+
+def _summary_totals(totals: pb.SummaryTotals) -> SummaryTotals:
+    return SummaryTotals(
+        events=totals.events,
+        word_count=totals.word_count,
+        study_seconds=totals.study_seconds,
+        active_users=totals.active_users,
+    )
+
+
+def _previous_instant(response: Any, field: str) -> datetime | None:
+    """The previous period's end `field`, None when the response has no previous period."""
+    return instant(getattr(response, field)) if response.HasField(field) else None
+
+
 def summary_result(response: pb.SummaryResponse) -> SummaryResult:
     """A SummaryResult for a response."""
-    totals = response.totals
+    compared = response.HasField("previous_start_time")
     return SummaryResult(
         time_zone=response.time_zone,
-        buckets=[
-            SummaryBucket(
-                start_time=instant(b.start_time),
-                local_start=_local(b.local_start),
-                local_start_text=b.local_start,
-                events=b.events,
-                word_count=b.word_count,
-                study_seconds=b.study_seconds,
-                average_word_count=b.average_word_count,
-                average_study_seconds=b.average_study_seconds,
-                word_count_sma=b.word_count_sma,
-                study_seconds_sma=b.study_seconds_sma,
-            )
-            for b in response.buckets
-        ],
-        totals=SummaryTotals(
-            events=totals.events,
-            word_count=totals.word_count,
-            study_seconds=totals.study_seconds,
-            active_users=totals.active_users,
-        ),
+        buckets=[_summary_bucket(b) for b in response.buckets],
+        totals=_summary_totals(response.totals),
+        previous_start_time=_previous_instant(response, "previous_start_time"),
+        previous_end_time=_previous_instant(response, "previous_end_time"),
+        previous_buckets=[_summary_bucket(b) for b in response.previous_buckets],
+        previous_totals=_summary_totals(response.previous_totals) if compared else None,
     )
 
 
-def uniques_result(response: pb.UniquesResponse) -> UniquesResult:
-    """A UniquesResult for a response."""
+def _uniques_bucket(b: pb.UniquesBucket, rolling: bool) -> UniquesBucket:
+    return UniquesBucket(
+        start_time=instant(b.start_time),
+        local_start=_local(b.local_start),
+        local_start_text=b.local_start,
+        unique_users=b.unique_users,
+        rolling_unique_users=b.rolling_unique_users if rolling else None,
+    )
+
+
+def uniques_result(response: pb.UniquesResponse, *, rolling: bool = False) -> UniquesResult:
+    """A UniquesResult for a response; `rolling` when the request had rolling_days."""
+    compared = response.HasField("previous_start_time")
     return UniquesResult(
         time_zone=response.time_zone,
-        buckets=[
-            UniquesBucket(
-                start_time=instant(b.start_time),
-                local_start=_local(b.local_start),
-                local_start_text=b.local_start,
-                unique_users=b.unique_users,
-            )
-            for b in response.buckets
-        ],
+        buckets=[_uniques_bucket(b, rolling) for b in response.buckets],
         unique_users=response.unique_users,
+        previous_start_time=_previous_instant(response, "previous_start_time"),
+        previous_end_time=_previous_instant(response, "previous_end_time"),
+        previous_buckets=[_uniques_bucket(b, rolling) for b in response.previous_buckets],
+        previous_unique_users=response.previous_unique_users if compared else None,
     )
+
+
+def _breakdown_row(r: pb.BreakdownRow, previous: BreakdownRow | None = None) -> BreakdownRow:
+    return BreakdownRow(r.key, r.events, r.word_count, r.study_seconds, r.unique_users, previous)
 
 
 def breakdown_rows(response: pb.BreakdownResponse) -> list[BreakdownRow]:
-    """The rows of a breakdown response, best first."""
+    """The rows of a breakdown response, best first, each with its previous-period row when
+    the response has them."""
+    if not response.HasField("previous_start_time"):
+        return [_breakdown_row(r) for r in response.rows]
     return [
-        BreakdownRow(r.key, r.events, r.word_count, r.study_seconds, r.unique_users)
-        for r in response.rows
+        _breakdown_row(r, _breakdown_row(p))
+        for r, p in zip(response.rows, response.previous_rows, strict=True)
     ]
 
 

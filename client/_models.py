@@ -197,11 +197,23 @@ class SummaryResult:
         time_zone: The time zone of the buckets, as given (or "UTC").
         buckets: One bucket per calendar unit of the range, empty ones included, in order.
         totals: Totals over the whole range.
+        previous_start_time: With ``compare_previous=True``, the previous period's first
+            instant: `start` moved back by ``len(buckets)`` units of the granularity (hours
+            by absolute time, days, weeks and months on the zone's local clock); else None.
+        previous_end_time: With ``compare_previous=True``, the previous period's end
+            (exclusive); equal to `previous_start_time` when the period is empty.
+        previous_buckets: With ``compare_previous=True``, the previous period's buckets; its
+            moving averages start afresh within it. Empty otherwise.
+        previous_totals: With ``compare_previous=True``, totals over the previous period.
     """
 
     time_zone: str
     buckets: list[SummaryBucket]
     totals: SummaryTotals
+    previous_start_time: datetime | None = None
+    previous_end_time: datetime | None = None
+    previous_buckets: list[SummaryBucket] = field(default_factory=list)
+    previous_totals: SummaryTotals | None = None
 
 
 @dataclass(frozen=True)
@@ -213,12 +225,17 @@ class UniquesBucket:
         local_start: The same instant as an aware datetime in the bucket's UTC offset.
         local_start_text: `local_start` as the service sent it, ISO 8601.
         unique_users: Distinct users with at least one event in the bucket.
+        rolling_unique_users: With ``rolling_days=N``, the distinct users of the N local days
+            ending with this bucket's (its window starts at the start of a local day, before
+            the range for the first buckets, and ends with the bucket or the range); None
+            without it.
     """
 
     start_time: datetime
     local_start: datetime
     local_start_text: str
     unique_users: int
+    rolling_unique_users: int | None = None
 
 
 @dataclass(frozen=True)
@@ -229,11 +246,22 @@ class UniquesResult:
         time_zone: The time zone of the buckets, as given (or "UTC").
         buckets: One bucket per calendar unit of the range, empty ones included, in order.
         unique_users: Distinct users over the whole range (not the sum of the buckets).
+        previous_start_time: With ``compare_previous=True``, the previous period's first
+            instant, as in `SummaryResult`; else None.
+        previous_end_time: With ``compare_previous=True``, the previous period's end.
+        previous_buckets: With ``compare_previous=True``, the previous period's buckets (with
+            rolling counts when ``rolling_days`` was given). Empty otherwise.
+        previous_unique_users: With ``compare_previous=True``, the distinct users over the
+            previous period; else None.
     """
 
     time_zone: str
     buckets: list[UniquesBucket]
     unique_users: int
+    previous_start_time: datetime | None = None
+    previous_end_time: datetime | None = None
+    previous_buckets: list[UniquesBucket] = field(default_factory=list)
+    previous_unique_users: int | None = None
 
 
 @dataclass(frozen=True)
@@ -246,6 +274,9 @@ class BreakdownRow:
         word_count: Sum of word_count.
         study_seconds: Sum of study_seconds.
         unique_users: Distinct users.
+        previous: With ``compare_previous=True``, the same key's row over the stretch of the
+            same length just before the range, ``[start - (end - start), start)``; zeros when
+            the key had no events there. None otherwise.
     """
 
     key: str
@@ -253,6 +284,7 @@ class BreakdownRow:
     word_count: int
     study_seconds: int
     unique_users: int
+    previous: BreakdownRow | None = None
 
 
 @dataclass(frozen=True)

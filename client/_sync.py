@@ -261,6 +261,7 @@ class Client:
         moving_average_window: int = 3,
         countries: Iterable[str] = (),
         exclude_countries: Iterable[str] = (),
+        compare_previous: bool = False,
     ) -> SummaryResult:
         """Events, words and study time per calendar bucket; see `AsyncClient.summary`."""
         return self._runner.run(
@@ -273,6 +274,7 @@ class Client:
                 moving_average_window=moving_average_window,
                 countries=tuple(countries),
                 exclude_countries=tuple(exclude_countries),
+                compare_previous=compare_previous,
             )
         )
 
@@ -285,6 +287,8 @@ class Client:
         time_zone: str = "UTC",
         countries: Iterable[str] = (),
         exclude_countries: Iterable[str] = (),
+        rolling_days: int = 0,
+        compare_previous: bool = False,
     ) -> UniquesResult:
         """Distinct active users per calendar bucket; see `AsyncClient.uniques`."""
         return self._runner.run(
@@ -295,6 +299,8 @@ class Client:
                 time_zone=time_zone,
                 countries=tuple(countries),
                 exclude_countries=tuple(exclude_countries),
+                rolling_days=rolling_days,
+                compare_previous=compare_previous,
             )
         )
 
@@ -308,6 +314,7 @@ class Client:
         limit: int = 10,
         countries: Iterable[str] = (),
         exclude_countries: Iterable[str] = (),
+        compare_previous: bool = False,
     ) -> list[BreakdownRow]:
         """The top users or countries by a metric; see `AsyncClient.breakdown`."""
         return self._runner.run(
@@ -319,6 +326,7 @@ class Client:
                 limit=limit,
                 countries=tuple(countries),
                 exclude_countries=tuple(exclude_countries),
+                compare_previous=compare_previous,
             )
         )
 

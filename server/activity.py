@@ -30,6 +30,7 @@ __all__ = [
     "Sums",
     "learner_counts",
     "learner_counts_by_country",
+    "learner_sets_of",
     "learners",
     "sums",
     "sums_by_country",
@@ -117,6 +118,19 @@ async def learners(
     (found,), numbering = await _learners(conn, [span], countries, per_country=False, sets=True)
     assert isinstance(found, dict)
     return found.get("", learner_sets.LearnerSet()), numbering
+
+
+async def learner_sets_of(
+    conn: asyncpg.Connection, spans: Sequence[Span], countries: Countries
+) -> list[learner_sets.LearnerSet]:
+    """The learners of each span, as sets that may be unioned with each other (learners not
+    stored yet are numbered alike in all of them); spans may overlap."""
+    per_span, _ = await _learners(conn, spans, countries, per_country=False, sets=True)
+    found_sets = []
+    for found in per_span:
+        assert isinstance(found, dict)
+        found_sets.append(found.get("", learner_sets.LearnerSet()))
+    return found_sets
 
 
 async def _learners(

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf import timestamp_pb2
 
+from daily_aggregator.server import periods
 from daily_aggregator.server.errors import InvalidArgument
 from daily_aggregator.server.timezones import TimeZone, TimeZones
 from daily_aggregator.server.validation import COUNTRY_CODE_REASON, UUID_REASON, is_country, is_uuid
@@ -20,6 +21,7 @@ DEFAULT_MOVING_AVERAGE_WINDOW = 3
 MAX_MOVING_AVERAGE_WINDOW = 365
 DEFAULT_BREAKDOWN_LIMIT = 10
 MAX_BREAKDOWN_LIMIT = 1_000
+MAX_ROLLING_DAYS = 366
 
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
@@ -71,6 +73,10 @@ class SeriesQuery:
     time_zone: TimeZone
     user_id: uuid.UUID | None = None
     moving_average_window: int = DEFAULT_MOVING_AVERAGE_WINDOW
+    rolling_days: int = 0
+    """Uniques: the local days each bucket's rolling count covers; 0 for none."""
+    compare_previous: bool = False
+    """Also answer for the previous period (see `periods`)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,8 @@ class BreakdownQuery:
     dimension: str
     metric: str
     limit: int
+    compare_previous: bool = False
+    """Also give the rows' metrics over the stretch of the same length before the range."""
 
 
 @dataclass(frozen=True)
@@ -157,12 +165,26 @@ def summary_query(request: pb.SummaryRequest, zones: TimeZones) -> SeriesQuery:
         zones.parse(request.time_zone),
         user_id,
         window,
+        compare_previous=request.compare_previous,
     )
 
 
 def uniques_query(request: pb.UniquesRequest, zones: TimeZones) -> SeriesQuery:
     """Validate a UniquesRequest."""
-    return SeriesQuery(_filter(request), _unit(request.granularity), zones.parse(request.time_zone))
+    unit = _unit(request.granularity)
+    if request.rolling_days > MAX_ROLLING_DAYS:
+        raise InvalidArgument("rolling_days", f"must be at most {MAX_ROLLING_DAYS}")
+    if request.rolling_days and unit != "day":
+        raise InvalidArgument(
+            "rolling_days", "needs daily buckets (GRANULARITY_DAY or unspecified)"
+        )
+    return SeriesQuery(
+        _filter(request),
+        unit,
+        zones.parse(request.time_zone),
+        rolling_days=request.rolling_days,
+        compare_previous=request.compare_previous,
+    )
 
 
 def breakdown_query(request: pb.BreakdownRequest) -> BreakdownQuery:
@@ -174,9 +196,30 @@ def breakdown_query(request: pb.BreakdownRequest) -> BreakdownQuery:
     limit = request.limit or DEFAULT_BREAKDOWN_LIMIT
     if limit > MAX_BREAKDOWN_LIMIT:
         raise InvalidArgument("limit", f"must be at most {MAX_BREAKDOWN_LIMIT}")
-    return BreakdownQuery(
-        _filter(request), _DIMENSIONS[request.dimension], _METRICS[request.metric], limit
+    query = BreakdownQuery(
+        _filter(request),
+        _DIMENSIONS[request.dimension],
+        _METRICS[request.metric],
+        limit,
+        request.compare_previous,
     )
+    if query.compare_previous:
+        check_previous_range(*periods.before(query.filter.start, query.filter.end))
+    return query
+
+
+def check_previous_range(start: datetime, end: datetime) -> None:
+    """Refuse a previous period [start, end) outside the range limits, on `compare_previous`."""
+    if start < EARLIEST:
+        raise InvalidArgument(
+            "compare_previous",
+            "the previous period would start before 1900-01-01T00:00:00Z; "
+            "ask about a later or shorter range",
+        )
+    if end > LATEST:
+        raise InvalidArgument(
+            "compare_previous", "the previous period would end after 2200-01-01T00:00:00Z"
+        )
 
 
 def learner_stats_query(

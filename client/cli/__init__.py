@@ -118,6 +118,17 @@ def serve_command(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
+def _days(text: str) -> int:
+    """A count of days for --rolling: a whole number, 0 or more (the service checks the rest)."""
+    try:
+        days = int(text)
+    except ValueError:
+        days = -1
+    if days < 0:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}")
+    return days
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="daily-aggregator",
@@ -213,6 +224,12 @@ def _parser() -> argparse.ArgumentParser:
         "--exclude-country", action="append", default=[], help="drop this country (repeatable)"
     )
     questions.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    questions.add_argument(
+        "--compare",
+        action="store_true",
+        help="also show the previous period and the change in %% (summary, uniques: the same "
+        "number of buckets before; breakdown: the same length before)",
+    )
     bucketed = argparse.ArgumentParser(add_help=False)
     bucketed.add_argument(
         "--granularity", choices=[g.value for g in Granularity], default="day", help="bucket size"
@@ -235,6 +252,14 @@ def _parser() -> argparse.ArgumentParser:
         parents=[questions, bucketed],
         help="distinct learners per bucket",
         description="Distinct active learners per calendar bucket and over the range.",
+    )
+    uniques.add_argument(
+        "--rolling",
+        type=_days,
+        default=0,
+        metavar="N",
+        help="also count, per day, the learners of the N local days ending with it "
+        "(7: weekly actives per day; daily buckets only)",
     )
     uniques.set_defaults(run=uniques_command)
 

@@ -1,13 +1,17 @@
-"""Summary: events, words and study time per bucket, with averages, for everyone or one learner."""
+"""Summary: events, words and study time per bucket, with averages, for everyone or one learner,
+and the same for the previous period."""
 
 from __future__ import annotations
 
 import asyncpg
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from daily_aggregator.server import activity, learner_activity
 from daily_aggregator.server.answers.series import (
-    calendar_buckets,
+    Period,
     local_start,
+    period,
+    previous_period,
     set_timestamp,
     spans,
 )
@@ -21,29 +25,47 @@ __all__ = ["summary"]
 
 async def summary(pool: asyncpg.Pool, zones: TimeZones, q: SeriesQuery) -> pb.SummaryResponse:
     """Answer a validated SummaryRequest."""
-    whole = (q.filter.start, q.filter.end)
+    response = pb.SummaryResponse(time_zone=q.time_zone.name)
     async with snapshot(pool) as conn:
-        buckets = await calendar_buckets(conn, zones, q)
-        parts = spans(buckets, *whole)
-        if q.user_id is None:
-            sums = await activity.sums(conn, parts, q.filter.countries)
-            (active,) = await activity.learner_counts(conn, [whole], q.filter.countries)
-        else:
-            sums = await learner_activity.sums(conn, q.user_id, parts, q.filter.countries)
-            active = int(any(s.events for s in sums))
+        current = await period(conn, zones, q)
+        await _answer(conn, q, current, response.buckets, response.totals)
+        if q.compare_previous:
+            previous = await previous_period(conn, zones, q, current)
+            set_timestamp(response.previous_start_time, previous.start)
+            set_timestamp(response.previous_end_time, previous.end)
+            await _answer(conn, q, previous, response.previous_buckets, response.previous_totals)
+    return response
+
+
+async def _answer(
+    conn: asyncpg.Connection,
+    q: SeriesQuery,
+    answered: Period,
+    into: RepeatedCompositeFieldContainer[pb.SummaryBucket],
+    totals: pb.SummaryTotals,
+) -> None:
+    """Add the buckets of `answered` to `into` and set `totals` to its totals."""
+    parts = spans(answered.buckets, *answered.span)
+    if not parts:
+        sums: list[activity.Sums] = []
+        active = 0
+    elif q.user_id is None:
+        sums = await activity.sums(conn, parts, q.filter.countries)
+        (active,) = await activity.learner_counts(conn, [answered.span], q.filter.countries)
+    else:
+        sums = await learner_activity.sums(conn, q.user_id, parts, q.filter.countries)
+        active = int(any(s.events for s in sums))
     words = _moving_averages([s.word_count for s in sums], q.moving_average_window)
     seconds = _moving_averages([s.study_seconds for s in sums], q.moving_average_window)
-    response = pb.SummaryResponse(
-        time_zone=q.time_zone.name,
-        totals=pb.SummaryTotals(
-            events=sum(s.events for s in sums),
-            word_count=sum(s.word_count for s in sums),
-            study_seconds=sum(s.study_seconds for s in sums),
-            active_users=active,
-        ),
-    )
-    for bucket, s, word_sma, seconds_sma in zip(buckets, sums, words, seconds, strict=True):
-        added = response.buckets.add(
+    totals.SetInParent()
+    totals.events = sum(s.events for s in sums)
+    totals.word_count = sum(s.word_count for s in sums)
+    totals.study_seconds = sum(s.study_seconds for s in sums)
+    totals.active_users = active
+    for bucket, s, word_sma, seconds_sma in zip(
+        answered.buckets, sums, words, seconds, strict=True
+    ):
+        added = into.add(
             local_start=local_start(bucket),
             events=s.events,
             word_count=s.word_count,
@@ -54,7 +76,6 @@ async def summary(pool: asyncpg.Pool, zones: TimeZones, q: SeriesQuery) -> pb.Su
             study_seconds_sma=seconds_sma,
         )
         set_timestamp(added.start_time, bucket.start)
-    return response
 
 
 def _moving_averages(values: list[int], window: int) -> list[float]:

@@ -28,7 +28,7 @@ from daily_aggregator.server.queries import query
 from daily_aggregator.server.requests import BreakdownQuery
 from daily_aggregator.v1 import aggregator_pb2 as pb
 
-__all__ = ["top_learners"]
+__all__ = ["learner_rows", "top_learners"]
 
 _FIRST_DEPTH = 64
 
@@ -68,6 +68,18 @@ async def top_learners(conn: asyncpg.Connection, q: BreakdownQuery) -> list[pb.B
             break
         depth = min(4 * depth, LEADERS_LENGTH)
     return _rows(await pieces.ranking(conn, q.metric, q.limit))
+
+
+async def learner_rows(
+    conn: asyncpg.Connection, q: BreakdownQuery, user_ids: list[str]
+) -> list[pb.BreakdownRow]:
+    """The rows of these learners over the range, in their order; zeros (and 0 unique
+    users) for a learner with no events there."""
+    scores = {row["key"]: row for row in await _Pieces(q).scores(conn, user_ids)}
+    return [
+        _rows([scores[user_id]])[0] if user_id in scores else pb.BreakdownRow(key=user_id)
+        for user_id in user_ids
+    ]
 
 
 async def _first_learners(conn: asyncpg.Connection, q: BreakdownQuery) -> list[str]:
