@@ -31,6 +31,7 @@ __all__ = [
     "learner_counts",
     "learner_counts_by_country",
     "learners",
+    "learners_per_span",
     "sums",
     "sums_by_country",
 ]
@@ -117,6 +118,21 @@ async def learners(
     (found,), numbering = await _learners(conn, [span], countries, per_country=False, sets=True)
     assert isinstance(found, dict)
     return found.get("", learner_sets.LearnerSet()), numbering
+
+
+async def learners_per_span(
+    conn: asyncpg.Connection, spans: Sequence[Span], countries: Countries
+) -> tuple[list[learner_sets.LearnerSet], learner_sets.Numbering]:
+    """The learners of each span (spans may overlap), and the numbering that names the
+    ones not stored yet; no spans, no sets."""
+    if not spans:
+        return [], learner_sets.Numbering()
+    per_span, numbering = await _learners(conn, spans, countries, per_country=False, sets=True)
+    found = []
+    for learners_by_country in per_span:
+        assert isinstance(learners_by_country, dict)
+        found.append(learners_by_country.get("", learner_sets.LearnerSet()))
+    return found, numbering
 
 
 async def _learners(

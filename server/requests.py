@@ -20,6 +20,11 @@ DEFAULT_MOVING_AVERAGE_WINDOW = 3
 MAX_MOVING_AVERAGE_WINDOW = 365
 DEFAULT_BREAKDOWN_LIMIT = 10
 MAX_BREAKDOWN_LIMIT = 1_000
+DEFAULT_RETENTION_PERIODS = 7
+MAX_RETENTION_PERIODS = 365
+MAX_RETENTION_CELLS = 150_000
+"""Most cohorts x periods one Retention answer follows: a year of daily cohorts, each for
+a year (366 x 366 = 133,956), fits."""
 
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
@@ -124,6 +129,16 @@ def _filter(request: object) -> Filter:
     )
 
 
+@dataclass(frozen=True)
+class RetentionQuery:
+    """Cohorts of new learners per bucket, followed for `periods` buckets after their own."""
+
+    filter: Filter
+    unit: str
+    time_zone: TimeZone
+    periods: int
+
+
 def _unit(granularity: pb.Granularity) -> str:
     if granularity not in _UNITS:
         raise InvalidArgument("granularity", f"unknown granularity {granularity}")
@@ -168,3 +183,21 @@ def breakdown_query(request: pb.BreakdownRequest) -> BreakdownQuery:
     return BreakdownQuery(
         _filter(request), _DIMENSIONS[request.dimension], _METRICS[request.metric], limit
     )
+
+
+def retention_query(request: pb.RetentionRequest, zones: TimeZones) -> RetentionQuery:
+    """Validate a RetentionRequest.
+
+    Cohorts are days, weeks or months: an hour's newcomers and their return an hour
+    later say little, and would multiply the cohorts of any range by 24.
+    """
+    span = _filter(request)
+    unit = _unit(request.granularity)
+    if unit == "hour":
+        raise InvalidArgument(
+            "granularity", "must be GRANULARITY_DAY, GRANULARITY_WEEK or GRANULARITY_MONTH"
+        )
+    periods = request.periods or DEFAULT_RETENTION_PERIODS
+    if periods > MAX_RETENTION_PERIODS:
+        raise InvalidArgument("periods", f"must be at most {MAX_RETENTION_PERIODS}")
+    return RetentionQuery(span, unit, zones.parse(request.time_zone), periods)

@@ -8,11 +8,17 @@ import asyncpg
 import grpc
 
 from daily_aggregator.server.answers.breakdown import breakdown
+from daily_aggregator.server.answers.retention import retention
 from daily_aggregator.server.answers.summary import summary
 from daily_aggregator.server.answers.uniques import uniques
 from daily_aggregator.server.errors import grpc_errors
 from daily_aggregator.server.ingest import record_stream
-from daily_aggregator.server.requests import breakdown_query, summary_query, uniques_query
+from daily_aggregator.server.requests import (
+    breakdown_query,
+    retention_query,
+    summary_query,
+    uniques_query,
+)
 from daily_aggregator.server.timezones import TimeZones
 from daily_aggregator.v1 import aggregator_pb2, aggregator_pb2_grpc
 
@@ -71,3 +77,11 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         context: grpc.aio.ServicerContext[pb.BreakdownRequest, pb.BreakdownResponse],
     ) -> pb.BreakdownResponse:
         return await breakdown(self._pool, breakdown_query(request))
+
+    @grpc_errors
+    async def Retention(
+        self,
+        request: pb.RetentionRequest,
+        context: grpc.aio.ServicerContext[pb.RetentionRequest, pb.RetentionResponse],
+    ) -> pb.RetentionResponse:
+        return await retention(self._pool, self._zones, retention_query(request, self._zones))
