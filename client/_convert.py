@@ -14,6 +14,8 @@ from daily_aggregator.client._models import (
     Granularity,
     Metric,
     RecordResult,
+    RetentionCohort,
+    RetentionResult,
     SummaryBucket,
     SummaryResult,
     SummaryTotals,
@@ -162,3 +164,20 @@ def breakdown_rows(response: pb.BreakdownResponse) -> list[BreakdownRow]:
         BreakdownRow(r.key, r.events, r.word_count, r.study_seconds, r.unique_users)
         for r in response.rows
     ]
+
+
+def retention_result(response: pb.RetentionResponse) -> RetentionResult:
+    """A RetentionResult for a response."""
+    return RetentionResult(
+        time_zone=response.time_zone,
+        cohorts=[
+            RetentionCohort(
+                start_time=instant(c.start_time),
+                local_start=_local(c.local_start),
+                local_start_text=c.local_start,
+                users=c.users,
+                retained=list(c.retained),
+            )
+            for c in response.cohorts
+        ],
+    )

@@ -25,6 +25,7 @@ from daily_aggregator.client._models import (
     Granularity,
     Metric,
     RecordResult,
+    RetentionResult,
     SummaryResult,
     UniquesResult,
 )
@@ -316,6 +317,30 @@ class Client:
                 dimension=dimension,
                 metric=metric,
                 limit=limit,
+                countries=tuple(countries),
+                exclude_countries=tuple(exclude_countries),
+            )
+        )
+
+    def retention(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        granularity: Granularity = Granularity.DAY,
+        periods: int = 7,
+        time_zone: str = "UTC",
+        countries: Iterable[str] = (),
+        exclude_countries: Iterable[str] = (),
+    ) -> RetentionResult:
+        """Cohorts of new learners and their return; see `AsyncClient.retention`."""
+        return self._runner.run(
+            self._client.retention(
+                start,
+                end,
+                granularity=granularity,
+                periods=periods,
+                time_zone=time_zone,
                 countries=tuple(countries),
                 exclude_countries=tuple(exclude_countries),
             )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import json
 import random
 import uuid
 from collections import defaultdict
@@ -25,7 +26,8 @@ import asyncpg
 import grpc
 import pytest
 
-from daily_aggregator.server.app import start_server
+from daily_aggregator.client import AsyncClient, Client, Granularity, RetentionResult
+from daily_aggregator.server.app import RunningServer, start_server
 from daily_aggregator.server.config import Settings
 from daily_aggregator.server.database import create_pool
 from daily_aggregator.server.folding import Folder
@@ -34,7 +36,7 @@ from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
 from tests import test_queries_reference as reference
 from tests.conftest import Cluster
-from tests.support import event, record, timestamp
+from tests.support import cli, event, record, timestamp
 from tests.test_queries import violated_field
 
 Stub = aggregator_pb2_grpc.AggregatorServiceStub
@@ -336,6 +338,89 @@ async def test_answers_count_every_acknowledged_event_pending_or_folded(
     expected = [("2025-06-01T00:00:00+00:00", [1, 1]), ("2025-06-02T00:00:00+00:00", [1, 1])]
     assert triangle(backfilled) == expected
     assert triangle(await retention(stub, *span, periods=1)) == expected
+
+
+# --- The clients and the command line ------------------------------------------------
+
+
+async def test_both_clients_return_typed_cohorts(stub: Stub, server: RunningServer) -> None:
+    await store(stub, (A, "2025-06-01T10:00Z"), (B, "2025-06-01T11:00Z"), (A, "2025-06-09T10:00Z"))
+    start, end = utc("2025-06-01T00:00+09:00"), utc("2025-06-15T00:00+09:00")
+    target = f"127.0.0.1:{server.port}"
+    async with AsyncClient(target) as client:
+        result = await client.retention(
+            start, end, granularity=Granularity.WEEK, periods=2, time_zone="Asia/Tokyo"
+        )
+
+    def ask_synchronously() -> RetentionResult:
+        with Client(target) as sync_client:
+            return sync_client.retention(
+                start, end, granularity=Granularity.WEEK, periods=2, time_zone="Asia/Tokyo"
+            )
+
+    assert await asyncio.to_thread(ask_synchronously) == result
+    assert isinstance(result, RetentionResult)
+    assert result.time_zone == "Asia/Tokyo"
+    [first, second, third] = result.cohorts
+    assert first.start_time == utc("2025-05-25T15:00Z")
+    assert first.local_start == utc("2025-05-26T00:00+09:00")
+    assert first.local_start_text == "2025-05-26T00:00:00+09:00"
+    assert (first.users, first.retained, first.rates) == (2, [2, 0, 1], [1.0, 0.0, 0.5])
+    assert (second.users, second.rates, third.users) == (0, [0.0, 0.0, 0.0], 0)
+
+
+async def test_the_command_prints_a_triangle_or_json(stub: Stub, server: RunningServer) -> None:
+    await store(
+        stub,
+        *((u, "2025-06-01T10:00Z") for u in (A, B, C, D)),
+        (A, "2025-06-02T10:00Z"),
+        (B, "2025-06-02T10:00Z"),
+        (C, "2025-06-03T10:00Z"),
+        (D, "2025-06-04T10:00Z"),
+    )
+    span = ["--from", "2025-06-01T00:00:00Z", "--to", "2025-06-03T00:00:00Z", "--periods", "3"]
+    target = ["--target", f"127.0.0.1:{server.port}"]
+    table = await cli("retention", *target, *span)
+    assert table.code == 0, table.err
+    rows = {line.split()[0]: line.split()[1:] for line in table.out.splitlines() if line}
+    # New learners, then per period: how many came back, what share, and its shade.
+    assert rows["2025-06-01T00:00:00+00:00"] == [
+        "4",
+        "2",
+        "50%",
+        "▓",
+        "1",
+        "25%",
+        "▒",
+        "1",
+        "25%",
+        "▒",
+    ]
+    assert rows["2025-06-02T00:00:00+00:00"] == ["0", "-", "-", "-"]
+    assert "4 new learners in 2 cohorts" in table.out
+
+    run = await cli(
+        "retention", *target, *span, "--json", "--granularity", "week", "--tz", "+09:00"
+    )
+    assert run.code == 0, run.err
+    assert json.loads(run.out) == {
+        "time_zone": "+09:00",
+        "cohorts": [
+            {"start_time": "2025-05-25T15:00:00Z", "local_start": "2025-05-26T00:00:00+09:00",
+             "users": 4, "retained": [4, 4, 0, 0]},
+            {"start_time": "2025-06-01T15:00:00Z", "local_start": "2025-06-02T00:00:00+09:00",
+             "users": 0, "retained": [0, 0, 0, 0]},
+        ],
+    }  # fmt: skip
+
+    refused = await cli("retention", *target, *span[:4], "--periods", "366")
+    assert (refused.code, refused.err.strip()) == (
+        2,
+        "daily-aggregator retention: refused: periods: must be at most 365",
+    )
+    hours = await cli("retention", *target, "--granularity", "hour")
+    assert hours.code == 2
+    assert "invalid choice: 'hour'" in hours.err
 
 
 # --- Refused requests -----------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The `daily-aggregator` command line: serve, ingest, summary, uniques, breakdown, demo.
+"""The `daily-aggregator` command line: serve, ingest, summary, uniques, breakdown, retention,
+demo.
 
 The library (`daily_aggregator.client`) never imports this module; only this module
 imports `rich`. Exit codes:
@@ -46,6 +47,8 @@ from daily_aggregator.client.cli._reports import (
     summary_command,
     uniques_command,
 )
+from daily_aggregator.client.cli._retention import GRANULARITIES as RETENTION_GRANULARITIES
+from daily_aggregator.client.cli._retention import retention_command
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 # --------------------------------------------------------------------------- entry point
@@ -228,6 +231,28 @@ def _parser() -> argparse.ArgumentParser:
     breakdown.add_argument("--metric", choices=list(METRICS), default="events", help="rank by")
     breakdown.add_argument("--limit", type=int, default=10, help="rows to show (default 10)")
     breakdown.set_defaults(run=breakdown_command)
+
+    retention = commands.add_parser(
+        "retention",
+        parents=[questions],
+        help="new learners per bucket and how many came back",
+        description="Cohorts of new learners (first event in a bucket of the range) and how "
+        "many of them were active in each of the following buckets, as a shaded triangle.",
+    )
+    retention.add_argument(
+        "--granularity",
+        choices=RETENTION_GRANULARITIES,
+        default="day",
+        help="bucket size of the cohorts and the periods after them (default day)",
+    )
+    retention.add_argument(
+        "--periods",
+        type=int,
+        default=7,
+        metavar="N",
+        help="buckets to follow after each cohort's, 1 to 365 (default 7)",
+    )
+    retention.set_defaults(run=retention_command)
 
     demo = commands.add_parser(
         "demo",
