@@ -24,7 +24,7 @@ DEFAULT_RETENTION_PERIODS = 7
 MAX_RETENTION_PERIODS = 365
 MAX_RETENTION_CELLS = 150_000
 """Most cohorts x periods one Retention answer follows: a year of daily cohorts, each for
-a year (366 x 366 = 133,956), fits."""
+a year (366 x 365 = 133,590), fits."""
 
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
