@@ -11,7 +11,12 @@ benchmark with them installed for the run:
     uv run --with chdb --with duckdb python -m bench.queries --peers
 
 Answers come back in the forms `bench.questions` compares:
-series rows (bucket start as Unix seconds, values...) and a total, or ranked rows.
+series rows (bucket start as Unix seconds, values...) and a total, ranked rows, or
+retention cells (cohort start as Unix seconds, period, learners). Retention is plain
+SQL in both: each learner's first event and its local bucket, and the local buckets of
+the learner's events, counted per cohort and period; ClickHouse in one pass grouped by
+learner (its `retention` aggregate needs the cohort's bucket in its conditions, which
+is an aggregate of the same group and not allowed there), DuckDB with a join.
 """
 
 from __future__ import annotations
@@ -92,6 +97,34 @@ class ClickHouse(Peer):
             return f"toStartOfDay(occurred_at, '{q.zone}')"
         return f"toDateTime(toStartOfMonth(occurred_at, '{q.zone}'), '{q.zone}')"
 
+    def _retention(self, q: Question) -> Answer:
+        """One pass grouped by learner: the first event, and the distinct local buckets
+        of the learner's events, each turned into a period (faster here than a join)."""
+        lo, hi = _ts(q)
+        reach = q.retention_reach().strftime("%Y-%m-%d %H:%M:%S.%f")
+        local = {
+            "day": "toDate({t}, '{z}')",
+            "week": "toStartOfWeek({t}, 1, '{z}')",
+            "month": "toStartOfMonth({t}, '{z}')",
+        }[q.unit]
+        period = {
+            "day": "dateDiff('day', cohort, b)",
+            "week": "intDiv(dateDiff('day', cohort, b), 7)",
+            "month": "dateDiff('month', cohort, b)",
+        }[q.unit]
+        rows = self._rows(
+            f"SELECT toUnixTimestamp(toDateTime(cohort, '{q.zone}')) AS s, period, count()"
+            f" FROM (SELECT {local.format(t='min(occurred_at)', z=q.zone)} AS cohort,"
+            " min(occurred_at) AS first_at,"
+            f" groupUniqArray({local.format(t='occurred_at', z=q.zone)}) AS buckets"
+            f" FROM events WHERE occurred_at < toDateTime64('{reach}', 6, 'UTC')"
+            f" GROUP BY user_id HAVING first_at >= toDateTime64('{lo}', 6, 'UTC')"
+            f" AND first_at < toDateTime64('{hi}', 6, 'UTC'))"
+            f" ARRAY JOIN arrayMap(b -> {period}, buckets) AS period"
+            f" WHERE period <= {q.periods} GROUP BY s, period ORDER BY s, period"
+        )
+        return [tuple(map(int, r)) for r in rows]
+
     def answer(self, q: Question) -> Answer:
         where = self._where(q)
         if q.kind == "stats":
@@ -116,6 +149,8 @@ class ClickHouse(Peer):
                 f" WHERE d BETWEEN toDate('{first}') AND toDate('{last}') GROUP BY d"
             )
             return q.rolling_answer([(date.fromisoformat(r[0]), r[1]) for r in rows])
+        if q.kind == "retention":
+            return self._retention(q)
         if q.kind in ("summary", "uniques", "learner"):
             values = (
                 "count(), sum(word_count), sum(study_seconds), uniqExact(user_id)"
@@ -170,6 +205,33 @@ class DuckDB(Peer):
         where = f"occurred_at >= TIMESTAMPTZ '{lo}+00' AND occurred_at < TIMESTAMPTZ '{hi}+00'"
         return where + (f" AND user_id = '{q.user_id}'::UUID" if q.user_id else "")
 
+    def _retention(self, q: Question) -> Answer:
+        lo, hi = _ts(q)
+        reach = q.retention_reach().strftime("%Y-%m-%d %H:%M:%S.%f")
+        period = {
+            "day": "date_diff('day', c.cohort, a.bucket)",
+            "week": "date_diff('day', c.cohort, a.bucket) // 7",
+            "month": "date_diff('month', c.cohort, a.bucket)",
+        }[q.unit]
+        rows = self._db.execute(
+            f"WITH c AS ("
+            f" SELECT user_id, date_trunc('{q.unit}', min(occurred_at) AT TIME ZONE '{q.zone}')"
+            f" AS cohort FROM events WHERE occurred_at < TIMESTAMPTZ '{reach}+00'"
+            f" GROUP BY user_id HAVING min(occurred_at) >= TIMESTAMPTZ '{lo}+00'"
+            f" AND min(occurred_at) < TIMESTAMPTZ '{hi}+00'"
+            "), a AS ("
+            f" SELECT DISTINCT user_id,"
+            f" date_trunc('{q.unit}', occurred_at AT TIME ZONE '{q.zone}') AS bucket"
+            f" FROM events WHERE occurred_at >= TIMESTAMPTZ '{lo}+00'"
+            f" AND occurred_at < TIMESTAMPTZ '{reach}+00'"
+            "), cells AS ("
+            f" SELECT c.cohort, {period} AS period FROM c JOIN a USING (user_id)"
+            " WHERE a.bucket >= c.cohort)"
+            f" SELECT epoch(cohort AT TIME ZONE '{q.zone}')::BIGINT, period, count(*)"
+            f" FROM cells WHERE period <= {q.periods} GROUP BY ALL ORDER BY 1, 2"
+        ).fetchall()
+        return [tuple(map(int, r)) for r in rows]
+
     def answer(self, q: Question) -> Answer:
         where = self._where(q)
         if q.kind == "stats":
@@ -195,6 +257,8 @@ class DuckDB(Peer):
                 f" ON a.day BETWEEN d.day - {q.rolling_days - 1} AND d.day GROUP BY d.day"
             ).fetchall()
             return q.rolling_answer([(r[0], r[1]) for r in rows])
+        if q.kind == "retention":
+            return self._retention(q)
         if q.kind in ("summary", "uniques", "learner"):
             # Buckets by local wall time, each start turned into its instant afterwards.
             # The zones asked about keep whole-hour offsets: their hours are UTC hours.

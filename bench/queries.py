@@ -3,6 +3,7 @@
     uv run python -m bench.queries [--events 10000000] [--users 100000] [--repeat 10]
     uv run --with chdb --with duckdb python -m bench.queries --peers
     uv run python -m bench.queries --events 1000000,10000000,30000000
+    uv run python -m bench.queries --only Retention   # the questions whose name has it
 
 Builds a year of activity in an embedded PostgreSQL (or --database-url): users with
 skewed activity (a minority of heavy learners), sessions of several events a few
@@ -153,7 +154,14 @@ async def ensure_data(server_dsn: str, events: int, users: int) -> str:
                     year=month.year + month.month // 12, month=month.month % 12 + 1
                 )
         await pool.close()
-        for table in ("events", "rollups", "learner_hours", "learner_months", "learners"):
+        for table in (
+            "events",
+            "rollups",
+            "learner_hours",
+            "learner_months",
+            "learners",
+            "learner_firsts",
+        ):
             await conn.execute(f"VACUUM ANALYZE {table}")
         total = await conn.fetchval("SELECT count(*) FROM events")
     finally:
@@ -176,7 +184,7 @@ async def export_events(dsn: str, path: Path) -> None:
 
 
 async def measure(
-    dsn: str, target: str, repeat: int, baseline_repeat: int, peers: list[Any]
+    dsn: str, target: str, repeat: int, baseline_repeat: int, peers: list[Any], only: str = ""
 ) -> list[Measured]:
     conn = await asyncpg.connect(dsn, server_settings={"work_mem": "256MB"})
     heaviest = str(
@@ -188,6 +196,8 @@ async def measure(
     async with grpc.aio.insecure_channel(target) as channel:
         stub = aggregator_pb2_grpc.AggregatorServiceStub(channel)
         for q in questions(heaviest):
+            if only not in q.name:
+                continue
             m = Measured(q)
             samples, answer = await timed(repeat, lambda q=q: q.ask_service(stub))
             m.p50["service"] = p50(samples)
@@ -256,6 +266,9 @@ async def main() -> None:
         "--baseline-repeat", type=int, default=3, help="repeats of plain SQL; 0 skips it"
     )
     parser.add_argument("--peers", action="store_true", help="also ask ClickHouse and DuckDB")
+    parser.add_argument(
+        "--only", default="", metavar="TEXT", help="ask only the questions whose name has TEXT"
+    )
     parser.add_argument("--database-url", help="measure on this server instead of an embedded one")
     parser.add_argument("--data-dir", type=Path, help="keep the embedded database here")
     args = parser.parse_args()
@@ -285,7 +298,7 @@ async def main() -> None:
                 try:
                     async with service_process(dsn) as target:
                         by_size[size] = await measure(
-                            dsn, target, args.repeat, args.baseline_repeat, peers
+                            dsn, target, args.repeat, args.baseline_repeat, peers, args.only
                         )
                 finally:
                     for peer in peers:

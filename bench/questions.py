@@ -2,7 +2,8 @@
 
 Every answer is reduced to the same plain form: for a bucketed question, the
 non-empty buckets as (start in Unix seconds, values...) and the range's total;
-for a ranking, its rows. The service, plain SQL over the raw events, ClickHouse
+for a ranking, its rows; for retention, the non-zero cells as (cohort start in
+Unix seconds, period, learners). The service, plain SQL over the raw events, ClickHouse
 and DuckDB must give identical forms.
 """
 
@@ -27,6 +28,9 @@ Answer = Any
 
 YEAR_START = datetime(2025, 1, 1, 5, tzinfo=UTC)  # midnight in New York
 ZONE = "America/New_York"
+PERIOD_REACH = {"day": timedelta(days=2), "week": timedelta(days=8), "month": timedelta(days=32)}
+"""More than one bucket of the unit lasts: retention reads events this far per period
+past the range's end."""
 _GRANULARITIES = {
     "hour": pb.GRANULARITY_HOUR,
     "day": pb.GRANULARITY_DAY,
@@ -42,8 +46,8 @@ class Question:
     name: str
     kind: str
     """summary, uniques, learner (a one-learner summary), countries, top_learners, rolling
-    (uniques with a rolling window of `rolling_days`) or stats (LearnerStats of `user_id` as
-    of `end`)."""
+    (uniques with a rolling window of `rolling_days`), retention, or stats (LearnerStats of
+    `user_id` as of `end`)."""
     start: datetime
     end: datetime
     target: str
@@ -52,6 +56,8 @@ class Question:
     user_id: str = ""
     limit: int = 10
     rolling_days: int = 0
+    periods: int = 0
+    """Retention: buckets followed after each cohort's."""
 
     def rolling_days_range(self) -> tuple[date, date, datetime]:
         """The local dates of a rolling question's first and last buckets, and the start of
@@ -91,6 +97,10 @@ class Question:
         are one day apart.
         """
         return stats_answer(days, self.end.astimezone(ZoneInfo(self.zone)).date())
+
+    def retention_reach(self) -> datetime:
+        """An instant past the end of every bucket a retention question follows."""
+        return self.end + (self.periods + 1) * PERIOD_REACH[self.unit]
 
     # -- the service ------------------------------------------------------------------
 
@@ -149,6 +159,21 @@ class Question:
                 (b.start_time.seconds, b.unique_users) for b in response.buckets if b.unique_users
             ]
             return rows, response.unique_users
+        if self.kind == "retention":
+            response = await stub.Retention(
+                pb.RetentionRequest(
+                    **span,
+                    granularity=_GRANULARITIES[self.unit],
+                    periods=self.periods,
+                    time_zone=self.zone,
+                )
+            )
+            return [
+                (c.start_time.seconds, k, learners)
+                for c in response.cohorts
+                for k, learners in enumerate(c.retained)
+                if learners
+            ]
         dimension, metric = (
             (pb.DIMENSION_COUNTRY, pb.METRIC_UNIQUE_USERS)
             if self.kind == "countries"
@@ -218,6 +243,11 @@ class Question:
                 *args,
             )
             return self.series_answer([tuple(r) for r in rows])
+        if self.kind == "retention":
+            rows = await conn.fetch(
+                self._retention_sql(), self.start, self.end, self.retention_reach()
+            )
+            return [tuple(r) for r in rows]
         if self.kind == "countries":
             rows = await conn.fetch(
                 "SELECT country, count(*), sum(word_count), sum(study_seconds),"
@@ -233,6 +263,35 @@ class Question:
                 *args,
             )
         return [tuple(r) for r in rows]
+
+    def _retention_sql(self) -> str:
+        """Each learner's first event ever (an event before the last period's end, when
+        it is in the range), its local bucket, and the local buckets of the learner's
+        events up to the last period: cells of (cohort, period, learners)."""
+        local_bucket = f"date_trunc('{self.unit}', occurred_at AT TIME ZONE '{self.zone}')"
+        period = {
+            "day": "a.bucket::date - c.cohort::date",
+            "week": "(a.bucket::date - c.cohort::date) / 7",
+            "month": "(extract(year FROM a.bucket) * 12 + extract(month FROM a.bucket))::int"
+            " - (extract(year FROM c.cohort) * 12 + extract(month FROM c.cohort))::int",
+        }[self.unit]
+        return f"""
+            WITH c AS (
+                SELECT user_id, {local_bucket.replace("occurred_at", "min(occurred_at)")} AS cohort
+                FROM events WHERE occurred_at < $3
+                GROUP BY user_id HAVING min(occurred_at) >= $1 AND min(occurred_at) < $2
+            ), a AS (
+                SELECT DISTINCT user_id, {local_bucket} AS bucket
+                FROM events WHERE occurred_at >= $1 AND occurred_at < $3
+            ), cells AS (
+                SELECT c.cohort, {period} AS period
+                FROM c JOIN a USING (user_id)
+                WHERE a.bucket >= c.cohort
+            )
+            SELECT extract(epoch FROM cohort AT TIME ZONE '{self.zone}')::bigint, period, count(*)
+            FROM cells WHERE period <= {self.periods}
+            GROUP BY 1, 2 ORDER BY 1, 2
+        """
 
 
 def stats_answer(days: Sequence[Sequence[Any]], today: date) -> Answer:
@@ -274,6 +333,9 @@ def questions(heaviest: str) -> list[Question]:
     start = YEAR_START + timedelta(days=200)
     days30 = (start, start + timedelta(days=30))
     x3, beat = "3x the best peer", "beat the best peer"
+    # 12 weekly cohorts from the first day of the data (a Wednesday: the first is partial)
+    # to Monday 2025-03-24, across the March DST change, each followed for 8 weeks.
+    weeks12 = (YEAR_START, datetime(2025, 3, 24, 4, tzinfo=UTC))
     return [
         Question("Summary, all, daily, 90 days, NY", "summary", *days90, x3),
         Question("Summary, all, monthly, 1 year, NY", "summary", *year, x3, unit="month"),
@@ -297,5 +359,13 @@ def questions(heaviest: str) -> list[Question]:
         ),
         Question(
             "LearnerStats, heaviest learner, NY", "stats", *year, "<= 100 ms", user_id=heaviest
+        ),
+        Question(
+            "Retention, weekly, 12 cohorts x 8, NY",
+            "retention",
+            *weeks12,
+            "<= 100 ms",
+            unit="week",
+            periods=8,
         ),
     ]

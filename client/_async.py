@@ -17,6 +17,7 @@ from daily_aggregator.client._convert import (
     event_to_proto,
     learner_stats,
     record_result,
+    retention_result,
     summary_result,
     timestamp,
     uniques_result,
@@ -29,6 +30,7 @@ from daily_aggregator.client._models import (
     LearnerStats,
     Metric,
     RecordResult,
+    RetentionResult,
     SummaryResult,
     UniquesResult,
 )
@@ -255,6 +257,45 @@ class AsyncClient:
         if as_of is not None:
             request.as_of.CopyFrom(timestamp("as_of", as_of))
         return learner_stats(await self._query(self._stub.LearnerStats, request))
+
+    async def retention(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        granularity: Granularity = Granularity.DAY,
+        periods: int = 7,
+        time_zone: str = "UTC",
+        countries: Iterable[str] = (),
+        exclude_countries: Iterable[str] = (),
+    ) -> RetentionResult:
+        """Cohorts of new learners per calendar bucket of `time_zone`, and their return.
+
+        Args:
+            start: Start of the range, inclusive; an aware datetime.
+            end: End of the range, exclusive; an aware datetime after `start`.
+            granularity: Bucket size of the cohorts and of the periods after them: DAY,
+                WEEK or MONTH (the service refuses HOUR).
+            periods: Buckets to follow after each cohort's, 1 to 365.
+            time_zone: An IANA name ("Asia/Tokyo") or a fixed offset ("+09:00").
+            countries: Keep only events from these countries (empty keeps all); a
+                learner's first event is the first one that passes.
+            exclude_countries: Drop events from these countries.
+
+        Raises:
+            ValueError: `start` or `end` is naive.
+            InvalidArgumentError: The service refused a field; see `field_violations`.
+            UnavailableError: The service or its database stayed unreachable.
+        """
+        request = pb.RetentionRequest(
+            **_range(start, end),
+            granularity=GRANULARITIES[granularity],
+            periods=periods,
+            time_zone=time_zone,
+            countries=list(countries),
+            exclude_countries=list(exclude_countries),
+        )
+        return retention_result(await self._query(self._stub.Retention, request))
 
     async def record(self, events: Iterable[Event], *, batch_size: int = 1000) -> RecordResult:
         """Store `events` over one RecordEvents stream, `batch_size` events per message.

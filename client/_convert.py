@@ -16,6 +16,8 @@ from daily_aggregator.client._models import (
     LearnerStats,
     Metric,
     RecordResult,
+    RetentionCohort,
+    RetentionResult,
     SummaryBucket,
     SummaryResult,
     SummaryTotals,
@@ -216,4 +218,21 @@ def learner_stats(response: pb.LearnerStatsResponse) -> LearnerStats:
         longest_streak_days=response.longest_streak_days,
         longest_streak_start=day(response.longest_streak_start),
         longest_streak_end=day(response.longest_streak_end),
+    )
+
+
+def retention_result(response: pb.RetentionResponse) -> RetentionResult:
+    """A RetentionResult for a response."""
+    return RetentionResult(
+        time_zone=response.time_zone,
+        cohorts=[
+            RetentionCohort(
+                start_time=instant(c.start_time),
+                local_start=_local(c.local_start),
+                local_start_text=c.local_start,
+                users=c.users,
+                retained=list(c.retained),
+            )
+            for c in response.cohorts
+        ],
     )

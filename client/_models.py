@@ -16,6 +16,8 @@ __all__ = [
     "LearnerStats",
     "Metric",
     "RecordResult",
+    "RetentionCohort",
+    "RetentionResult",
     "SummaryBucket",
     "SummaryResult",
     "SummaryTotals",
@@ -319,3 +321,43 @@ class LearnerStats:
     longest_streak_days: int
     longest_streak_start: date | None
     longest_streak_end: date | None
+
+
+@dataclass(frozen=True)
+class RetentionCohort:
+    """The learners who started in one calendar bucket, and how many came back after.
+
+    Attributes:
+        start_time: The bucket's first instant, an aware datetime in UTC.
+        local_start: The same instant as an aware datetime in the bucket's UTC offset.
+        local_start_text: `local_start` as the service sent it, ISO 8601.
+        users: Learners whose first event (of those passing the filters) falls in this
+            bucket and inside the range.
+        retained: ``periods + 1`` counts: ``retained[0] == users``, and ``retained[k]`` is
+            how many of them have an event in the k-th bucket after this one (0 for a
+            bucket that had not begun when the service answered).
+    """
+
+    start_time: datetime
+    local_start: datetime
+    local_start_text: str
+    users: int
+    retained: list[int]
+
+    @property
+    def rates(self) -> list[float]:
+        """`retained` as fractions of `users` (all 0.0 for an empty cohort)."""
+        return [count / self.users if self.users else 0.0 for count in self.retained]
+
+
+@dataclass(frozen=True)
+class RetentionResult:
+    """The answer of `retention`.
+
+    Attributes:
+        time_zone: The time zone of the buckets, as given (or "UTC").
+        cohorts: One cohort per calendar bucket of the range, empty ones included, in order.
+    """
+
+    time_zone: str
+    cohorts: list[RetentionCohort]

@@ -26,6 +26,7 @@ from daily_aggregator.client._models import (
     LearnerStats,
     Metric,
     RecordResult,
+    RetentionResult,
     SummaryResult,
     UniquesResult,
 )
@@ -336,6 +337,30 @@ class Client:
         """One learner's totals, activity and streaks; see `AsyncClient.learner_stats`."""
         return self._runner.run(
             self._client.learner_stats(user_id, time_zone=time_zone, as_of=as_of)
+        )
+
+    def retention(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        granularity: Granularity = Granularity.DAY,
+        periods: int = 7,
+        time_zone: str = "UTC",
+        countries: Iterable[str] = (),
+        exclude_countries: Iterable[str] = (),
+    ) -> RetentionResult:
+        """Cohorts of new learners and their return; see `AsyncClient.retention`."""
+        return self._runner.run(
+            self._client.retention(
+                start,
+                end,
+                granularity=granularity,
+                periods=periods,
+                time_zone=time_zone,
+                countries=tuple(countries),
+                exclude_countries=tuple(exclude_countries),
+            )
         )
 
     def record(self, events: Iterable[Event], *, batch_size: int = 1000) -> RecordResult:

@@ -30,8 +30,8 @@ __all__ = [
     "Sums",
     "learner_counts",
     "learner_counts_by_country",
-    "learner_sets_of",
     "learners",
+    "learners_per_span",
     "sums",
     "sums_by_country",
 ]
@@ -120,17 +120,19 @@ async def learners(
     return found.get("", learner_sets.LearnerSet()), numbering
 
 
-async def learner_sets_of(
+async def learners_per_span(
     conn: asyncpg.Connection, spans: Sequence[Span], countries: Countries
-) -> list[learner_sets.LearnerSet]:
-    """The learners of each span, as sets that may be unioned with each other (learners not
-    stored yet are numbered alike in all of them); spans may overlap."""
-    per_span, _ = await _learners(conn, spans, countries, per_country=False, sets=True)
-    found_sets = []
-    for found in per_span:
-        assert isinstance(found, dict)
-        found_sets.append(found.get("", learner_sets.LearnerSet()))
-    return found_sets
+) -> tuple[list[learner_sets.LearnerSet], learner_sets.Numbering]:
+    """The learners of each span (spans may overlap), and the numbering that names the
+    ones not stored yet; no spans, no sets."""
+    if not spans:
+        return [], learner_sets.Numbering()
+    per_span, numbering = await _learners(conn, spans, countries, per_country=False, sets=True)
+    found = []
+    for learners_by_country in per_span:
+        assert isinstance(learners_by_country, dict)
+        found.append(learners_by_country.get("", learner_sets.LearnerSet()))
+    return found, numbering
 
 
 async def _learners(

@@ -22,6 +22,11 @@ MAX_MOVING_AVERAGE_WINDOW = 365
 DEFAULT_BREAKDOWN_LIMIT = 10
 MAX_BREAKDOWN_LIMIT = 1_000
 MAX_ROLLING_DAYS = 366
+DEFAULT_RETENTION_PERIODS = 7
+MAX_RETENTION_PERIODS = 365
+MAX_RETENTION_CELLS = 150_000
+"""Most cohorts x periods one Retention answer follows: a year of daily cohorts, each for
+a year (366 x 365 = 133,590), fits."""
 
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
@@ -141,6 +146,16 @@ def _filter(request: object) -> Filter:
     )
 
 
+@dataclass(frozen=True)
+class RetentionQuery:
+    """Cohorts of new learners per bucket, followed for `periods` buckets after their own."""
+
+    filter: Filter
+    unit: str
+    time_zone: TimeZone
+    periods: int
+
+
 def _unit(granularity: pb.Granularity) -> str:
     if granularity not in _UNITS:
         raise InvalidArgument("granularity", f"unknown granularity {granularity}")
@@ -235,3 +250,21 @@ def learner_stats_query(
         zones.parse(request.time_zone),
         _instant(request, "as_of") if request.HasField("as_of") else now,
     )
+
+
+def retention_query(request: pb.RetentionRequest, zones: TimeZones) -> RetentionQuery:
+    """Validate a RetentionRequest.
+
+    Cohorts are days, weeks or months: an hour's newcomers and their return an hour
+    later say little, and would multiply the cohorts of any range by 24.
+    """
+    span = _filter(request)
+    unit = _unit(request.granularity)
+    if unit == "hour":
+        raise InvalidArgument(
+            "granularity", "must be GRANULARITY_DAY, GRANULARITY_WEEK or GRANULARITY_MONTH"
+        )
+    periods = request.periods or DEFAULT_RETENTION_PERIODS
+    if periods > MAX_RETENTION_PERIODS:
+        raise InvalidArgument("periods", f"must be at most {MAX_RETENTION_PERIODS}")
+    return RetentionQuery(span, unit, zones.parse(request.time_zone), periods)

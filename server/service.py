@@ -10,6 +10,7 @@ import grpc
 
 from daily_aggregator.server.answers.breakdown import breakdown
 from daily_aggregator.server.answers.learner import learner_stats
+from daily_aggregator.server.answers.retention import retention
 from daily_aggregator.server.answers.summary import summary
 from daily_aggregator.server.answers.uniques import uniques
 from daily_aggregator.server.errors import grpc_errors
@@ -17,6 +18,7 @@ from daily_aggregator.server.ingest import record_stream
 from daily_aggregator.server.requests import (
     breakdown_query,
     learner_stats_query,
+    retention_query,
     summary_query,
     uniques_query,
 )
@@ -87,3 +89,11 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
     ) -> pb.LearnerStatsResponse:
         query = learner_stats_query(request, self._zones, now=datetime.now(UTC))
         return await learner_stats(self._pool, self._zones, query)
+
+    @grpc_errors
+    async def Retention(
+        self,
+        request: pb.RetentionRequest,
+        context: grpc.aio.ServicerContext[pb.RetentionRequest, pb.RetentionResponse],
+    ) -> pb.RetentionResponse:
+        return await retention(self._pool, self._zones, retention_query(request, self._zones))

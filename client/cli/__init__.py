@@ -1,5 +1,5 @@
-"""The `daily-aggregator` command line: serve, ingest, summary, uniques, breakdown, learner,
-demo.
+"""The `daily-aggregator` command line: serve, ingest, summary, uniques, breakdown, retention,
+learner, demo.
 
 The library (`daily_aggregator.client`) never imports this module; only this module
 imports `rich`. Exit codes:
@@ -49,6 +49,8 @@ from daily_aggregator.client.cli._reports import (
     summary_command,
     uniques_command,
 )
+from daily_aggregator.client.cli._retention import GRANULARITIES as RETENTION_GRANULARITIES
+from daily_aggregator.client.cli._retention import retention_command
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 # --------------------------------------------------------------------------- entry point
@@ -293,6 +295,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     learner.add_argument("--json", action="store_true", help="print JSON instead of a table")
     learner.set_defaults(run=learner_command)
+    retention = commands.add_parser(
+        "retention",
+        parents=[questions],
+        help="new learners per bucket and how many came back",
+        description="Cohorts of new learners (first event in a bucket of the range) and how "
+        "many of them were active in each of the following buckets, as a shaded triangle.",
+    )
+    retention.add_argument(
+        "--granularity",
+        choices=RETENTION_GRANULARITIES,
+        default="day",
+        help="bucket size of the cohorts and the periods after them (default day)",
+    )
+    retention.add_argument(
+        "--periods",
+        type=int,
+        default=7,
+        metavar="N",
+        help="buckets to follow after each cohort's, 1 to 365 (default 7)",
+    )
+    retention.set_defaults(run=retention_command)
 
     demo = commands.add_parser(
         "demo",

@@ -74,7 +74,7 @@ async def _with_windows(
     first = windows.lasts[0]
     own_start = (answered.start, windows.days[first][1])
     cut = own_start != windows.days[first]
-    found = await activity.learner_sets_of(
+    found, _ = await activity.learners_per_span(
         conn, windows.days + ([own_start] if cut else []), q.filter.countries
     )
     days = found[: len(windows.days)]

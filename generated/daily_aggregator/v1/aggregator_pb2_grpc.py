@@ -151,6 +151,19 @@ class AggregatorServiceServicer:
         """Retention follows cohorts of new learners: per bucket of the range, the
         learners whose first event falls in it, and how many of them come back in
         each of the following buckets.
+
+        Cohorts are the buckets of [start_time, end_time) by the rules of Summary,
+        at most 10,000 of them, and cohorts x periods is at most 150,000. A
+        learner's first event is the earliest one ever stored (also before
+        start_time) that passes the country filters. A following bucket counts
+        every stored event in it once it has begun by the server's clock, and 0
+        before.
+
+        Status codes: OK; INVALID_ARGUMENT naming the field (missing, invalid or
+        reversed start_time/end_time, GRANULARITY_HOUR, periods over 365, unknown
+        time_zone, bad countries entry, more than 10,000 cohorts (field
+        "granularity"), more than 150,000 cohorts x periods (field "periods"));
+        UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
