@@ -160,7 +160,6 @@ async def ensure_data(server_dsn: str, events: int, users: int) -> str:
             "learner_hours",
             "learner_months",
             "learners",
-            "learner_firsts",
         ):
             await conn.execute(f"VACUUM ANALYZE {table}")
         total = await conn.fetchval("SELECT count(*) FROM events")

@@ -130,7 +130,6 @@ class Folder:
                     await conn.execute(query("fold_number_learners"))
                     await conn.execute(query("fold_learner_hours"))
                     await conn.execute(query("fold_learner_months"), LEADERS_LENGTH)
-                    await conn.execute(query("fold_learner_firsts"))
                     await _fold_rollups(conn)
                     await _clear(conn, sealed)
         finally:

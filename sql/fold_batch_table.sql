@@ -1,8 +1,8 @@
 -- What one fold takes from the pending log, summed per learner, 15-minute slot
--- (the finest unit any rollup needs) and country, with the earliest event and
--- the oldest receive time, for the statements of the same transaction. Private
--- to the folder's session; emptied at every commit. A batch is grouped several
--- times over; give it memory for that.
+-- (the finest unit any rollup needs) and country, with the oldest receive time,
+-- for the statements of the same transaction. Private to the folder's session;
+-- emptied at every commit. A batch is grouped several times over; give it
+-- memory for that.
 SET temp_buffers = '256MB';
 SET work_mem = '256MB';
 CREATE TEMPORARY TABLE IF NOT EXISTS fold_batch (
@@ -12,6 +12,5 @@ CREATE TEMPORARY TABLE IF NOT EXISTS fold_batch (
     events        bigint      NOT NULL,
     word_count    bigint      NOT NULL,
     study_seconds bigint      NOT NULL,
-    first_at      timestamptz NOT NULL,
     oldest        timestamptz NOT NULL
 ) ON COMMIT DELETE ROWS;

@@ -1,11 +1,10 @@
 -- Reads the sealed half $1 of the log into fold_batch, summed per learner, slot
--- and country with the earliest event of each; returns how many events it
--- holds, and when the oldest of them was received.
+-- and country; returns how many events it holds, and when the oldest of them
+-- was received.
 WITH kept AS (
-    INSERT INTO fold_batch (user_id, slot, country, events, word_count, study_seconds, first_at,
-                            oldest)
+    INSERT INTO fold_batch (user_id, slot, country, events, word_count, study_seconds, oldest)
     SELECT user_id, date_bin('15 minutes', occurred_at, timestamptz 'epoch'), country, count(*),
-           sum(word_count), sum(study_seconds), min(occurred_at), min(received_at)
+           sum(word_count), sum(study_seconds), min(received_at)
     FROM pending_events
     WHERE half = $1
     GROUP BY 1, 2, 3
