@@ -168,3 +168,10 @@ def breakdown_query(request: pb.BreakdownRequest) -> BreakdownQuery:
     return BreakdownQuery(
         _filter(request), _DIMENSIONS[request.dimension], _METRICS[request.metric], limit
     )
+
+
+def erasure_user_id(request: pb.DeleteUserRequest) -> uuid.UUID:
+    """Validate a DeleteUserRequest: the learner to erase."""
+    if not is_uuid(request.user_id):
+        raise InvalidArgument("user_id", "is required" if not request.user_id else UUID_REASON)
+    return uuid.UUID(request.user_id)

@@ -10,9 +10,15 @@ import grpc
 from daily_aggregator.server.answers.breakdown import breakdown
 from daily_aggregator.server.answers.summary import summary
 from daily_aggregator.server.answers.uniques import uniques
+from daily_aggregator.server.erasure import erase
 from daily_aggregator.server.errors import grpc_errors
 from daily_aggregator.server.ingest import record_stream
-from daily_aggregator.server.requests import breakdown_query, summary_query, uniques_query
+from daily_aggregator.server.requests import (
+    breakdown_query,
+    erasure_user_id,
+    summary_query,
+    uniques_query,
+)
 from daily_aggregator.server.timezones import TimeZones
 from daily_aggregator.v1 import aggregator_pb2, aggregator_pb2_grpc
 
@@ -71,3 +77,14 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         context: grpc.aio.ServicerContext[pb.BreakdownRequest, pb.BreakdownResponse],
     ) -> pb.BreakdownResponse:
         return await breakdown(self._pool, breakdown_query(request))
+
+    @grpc_errors
+    async def DeleteUser(
+        self,
+        request: pb.DeleteUserRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteUserRequest, pb.DeleteUserResponse],
+    ) -> pb.DeleteUserResponse:
+        erasure = await erase(self._pool, erasure_user_id(request))
+        response = pb.DeleteUserResponse(deleted_events=erasure.deleted_events)
+        response.erased_at.FromDatetime(erasure.erased_at)
+        return response
