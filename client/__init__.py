@@ -18,6 +18,7 @@ from daily_aggregator.client._errors import (
 )
 from daily_aggregator.client._models import (
     BreakdownRow,
+    DeleteUserResult,
     Dimension,
     Event,
     EventError,
@@ -41,6 +42,7 @@ __all__ = [
     "Client",
     "DailyAggregatorError",
     "DeadlineExceededError",
+    "DeleteUserResult",
     "Dimension",
     "Event",
     "EventError",

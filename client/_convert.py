@@ -8,6 +8,7 @@ from google.protobuf import timestamp_pb2
 
 from daily_aggregator.client._models import (
     BreakdownRow,
+    DeleteUserResult,
     Dimension,
     Event,
     EventError,
@@ -162,3 +163,8 @@ def breakdown_rows(response: pb.BreakdownResponse) -> list[BreakdownRow]:
         BreakdownRow(r.key, r.events, r.word_count, r.study_seconds, r.unique_users)
         for r in response.rows
     ]
+
+
+def delete_user_result(response: pb.DeleteUserResponse) -> DeleteUserResult:
+    """A DeleteUserResult for a response."""
+    return DeleteUserResult(response.deleted_events, instant(response.erased_at))

@@ -7,7 +7,11 @@ with `fold_everything`, so that it knows which events are pending and which are 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import pty
 import random
+import re
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -19,7 +23,9 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from daily_aggregator.client import AsyncClient, Client, DeleteUserResult, InvalidArgumentError
 from daily_aggregator.server import learner_sets
+from daily_aggregator.server.app import RunningServer
 from daily_aggregator.server.config import Settings
 from daily_aggregator.server.folding import LEADERS_LENGTH, Folder
 from daily_aggregator.server.queries import query
@@ -27,7 +33,7 @@ from daily_aggregator.server.validation import validate
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
 from tests import test_queries_reference as reference
-from tests.support import event, record, timestamp
+from tests.support import COMMAND, Run, cli, event, record, timestamp
 
 Stub = aggregator_pb2_grpc.AggregatorServiceStub
 
@@ -323,7 +329,8 @@ async def test_an_erasure_while_writers_replay_and_the_folder_folds_ends_exact(
         )
 
     history = [sent(erased, start + timedelta(minutes=7 * i)) for i in range(240)]
-    await record(stub, batches(history))
+    # Half of it is stored already; the first replay stores the rest.
+    await record(stub, batches(history[:120]))
     acknowledged: list[reference.Sent] = []
     replays: list[tuple[bool, pb.RecordEventsResponse]] = []
     replayed_twice = asyncio.Event()
@@ -516,3 +523,102 @@ async def test_a_bad_user_id_is_invalid_argument_naming_it(
         ("user_id", description)
     ]
     assert await pool.fetchval("SELECT count(*) FROM erasures") == 0
+
+
+# --- The bundled client and the command line ------------------------------------------
+
+
+async def test_both_clients_erase_and_say_what_went(stub: Stub, server: RunningServer) -> None:
+    learners = [str(uuid.uuid4()) for _ in range(2)]
+    await record(stub, [[event(user_id=u) for u in learners for _ in range(3)]])
+    target = f"127.0.0.1:{server.port}"
+
+    async with AsyncClient(target) as client:
+        erased = await client.delete_user(learners[0])
+        assert erased.deleted_events == 3
+        assert erased.erased_at.tzinfo is not None
+        with pytest.raises(InvalidArgumentError) as refused:
+            await client.delete_user("nobody")
+        assert [v.field for v in refused.value.field_violations] == ["user_id"]
+
+    def sync() -> DeleteUserResult:
+        with Client(target) as client:
+            return client.delete_user(learners[1])
+
+    assert (await asyncio.to_thread(sync)).deleted_events == 3
+    summary = await stub.Summary(pb.SummaryRequest(**EVERYTHING, granularity=pb.GRANULARITY_MONTH))
+    assert summary.totals.events == 0
+
+
+async def stored_events(stub: Stub, user_id: str) -> int:
+    summary = await stub.Summary(
+        pb.SummaryRequest(**EVERYTHING, granularity=pb.GRANULARITY_MONTH, user_id=user_id)
+    )
+    return int(summary.totals.events)
+
+
+async def test_delete_user_needs_yes_when_no_one_can_answer(
+    stub: Stub, server: RunningServer
+) -> None:
+    learner = str(uuid.uuid4())
+    await record(stub, [[event(user_id=learner), event(user_id=learner)]])
+    target = ("--target", f"127.0.0.1:{server.port}")
+
+    refused = await cli("delete-user", learner, *target, stdin=b"y\n")
+    assert refused.code == 2
+    assert refused.err.strip() == (
+        "daily-aggregator delete-user: error: refusing to erase without confirmation: "
+        "stdin is not a terminal; pass --yes"
+    )
+    assert await stored_events(stub, learner) == 2
+
+    done = await cli("delete-user", learner, *target, "--yes", "--json")
+    assert done.code == 0, done.err
+    answer = json.loads(done.out)
+    assert answer["user_id"] == learner
+    assert answer["deleted_events"] == 2
+    assert datetime.fromisoformat(answer["erased_at"]).tzinfo is not None
+    assert await stored_events(stub, learner) == 0
+
+
+async def on_a_terminal(*args: str, answer: bytes) -> Run:
+    """Run `daily-aggregator ARGS` with a terminal for stdin, and type `answer` into it."""
+    controller, terminal = pty.openpty()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            COMMAND,
+            *args,
+            stdin=terminal,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "NO_COLOR": "1"},
+        )
+        os.write(controller, answer)
+        out, err = await asyncio.wait_for(process.communicate(), 180)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    return Run(process.returncode or 0, out.decode(), err.decode())
+
+
+async def test_delete_user_asks_on_the_terminal_first(stub: Stub, server: RunningServer) -> None:
+    learner = str(uuid.uuid4())
+    await record(stub, [[event(user_id=learner, at=datetime(2025, 1, 2, tzinfo=UTC))]])
+    target = ("--target", f"127.0.0.1:{server.port}")
+
+    declined = await on_a_terminal("delete-user", learner, *target, answer=b"n\n")
+    assert declined.code == 1
+    assert f"Erase learner {learner}?" in declined.err
+    assert declined.err.rstrip().endswith("daily-aggregator delete-user: not erased")
+    assert await stored_events(stub, learner) == 1
+
+    confirmed = await on_a_terminal("delete-user", learner, *target, answer=b"yes\n")
+    assert confirmed.code == 0, confirmed.err
+    when = erased_at(await delete_user(stub, learner))
+    lines = confirmed.out.splitlines()
+    assert lines[0] == f"erased learner {learner}: 1 event deleted"
+    assert re.fullmatch(
+        r"erased_at: \S+Z \(their events from before then are refused from now on\)", lines[1]
+    )
+    assert datetime.fromisoformat(lines[1].split()[1]) < when
+    assert await stored_events(stub, learner) == 0
