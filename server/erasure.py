@@ -34,7 +34,7 @@ import asyncpg
 from daily_aggregator.server import learner_sets
 from daily_aggregator.server.queries import query
 
-__all__ = ["Erasure", "erase"]
+__all__ = ["Erasure", "erase", "erase_stored"]
 
 _ROWS_PER_CHUNK = 5000
 """Rollups rewritten at a time, so memory holds one chunk of learner sets."""
@@ -62,13 +62,25 @@ async def erase(pool: asyncpg.Pool, user_id: uuid.UUID) -> Erasure:
         async with conn.transaction():
             await conn.execute(query("erase_wait_for_ingest"))
         async with conn.transaction():
-            await conn.execute(query("erase_lock"))
-            learner = await conn.fetchval(query("erase_learner_number"), user_id)
-            folded = await conn.fetch(query("erase_contribution"), user_id)
-            for first in range(0, len(folded), _ROWS_PER_CHUNK):
-                await _subtract(conn, learner, folded[first : first + _ROWS_PER_CHUNK])
-            deleted: int = await conn.fetchval(query("erase_learner"), user_id)
+            deleted = await erase_stored(conn, user_id)
     return Erasure(deleted, erased_at)
+
+
+async def erase_stored(conn: asyncpg.Connection, user_id: uuid.UUID) -> int:
+    """Step 3: delete everything stored of the learner; return how many events went.
+
+    Runs in the caller's transaction, which must be READ COMMITTED: each statement
+    then reads what was committed before it began, the folder's last fold included
+    once the fold lock is granted. `erase` commits it. Without steps 1 and 2 first,
+    an old event of the learner may still be stored afterwards.
+    """
+    await conn.execute(query("erase_lock"))
+    learner = await conn.fetchval(query("erase_learner_number"), user_id)
+    folded = await conn.fetch(query("erase_contribution"), user_id)
+    for first in range(0, len(folded), _ROWS_PER_CHUNK):
+        await _subtract(conn, learner, folded[first : first + _ROWS_PER_CHUNK])
+    deleted: int = await conn.fetchval(query("erase_learner"), user_id)
+    return deleted
 
 
 async def _subtract(
