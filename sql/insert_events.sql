@@ -24,12 +24,16 @@ WITH batch AS (
 -- Events of erased learners that occurred before their erasure: refused, never
 -- stored. Read in this statement, so a batch either sees an erasure or holds its
 -- lock on pending_events from before the erasure was recorded (and the erasure
--- waits for it, then deletes what it stored). Without erasures (or without an
--- erased learner in the batch) the join finds nothing to do.
+-- waits for it, then deletes what it stored). The batch's learners are looked up
+-- by key, so the cost follows the batch, not the number of erasures: nothing at
+-- all while there is none.
+erased AS (
+    SELECT user_id, erased_at FROM erasures WHERE user_id = ANY ($1::uuid[])
+),
 refused AS (
     SELECT b.position, x.erased_at
     FROM batch AS b
-    JOIN erasures AS x USING (user_id)
+    JOIN erased AS x USING (user_id)
     WHERE b.occurred_us < (extract(epoch FROM x.erased_at) * 1000000)::bigint
 ),
 firsts AS (
