@@ -38,7 +38,7 @@ class StoreOutcome:
     checked: bool = False
     """Whether a key of the batch was stored before, so it had to be inserted key by key."""
     refused: list[Rejection] = field(default_factory=list)
-    """Events of erased learners that occurred before the erasure, in batch order."""
+    """Events of erased learners that occurred before the erasure, refused unstored."""
 
 
 @dataclass
