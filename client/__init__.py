@@ -19,6 +19,7 @@ from daily_aggregator.client._errors import (
 )
 from daily_aggregator.client._models import (
     BreakdownRow,
+    DeleteUserResult,
     Dimension,
     Event,
     EventError,
@@ -45,6 +46,7 @@ __all__ = [
     "Client",
     "DailyAggregatorError",
     "DeadlineExceededError",
+    "DeleteUserResult",
     "Dimension",
     "Event",
     "EventError",

@@ -14,6 +14,7 @@ from daily_aggregator.client._convert import (
     GRANULARITIES,
     METRICS,
     breakdown_rows,
+    delete_user_result,
     event_to_proto,
     learner_stats,
     record_result,
@@ -24,6 +25,7 @@ from daily_aggregator.client._convert import (
 )
 from daily_aggregator.client._models import (
     BreakdownRow,
+    DeleteUserResult,
     Dimension,
     Event,
     Granularity,
@@ -296,6 +298,26 @@ class AsyncClient:
             exclude_countries=list(exclude_countries),
         )
         return retention_result(await self._query(self._stub.Retention, request))
+
+    async def delete_user(self, user_id: str) -> DeleteUserResult:
+        """Erase a learner: every stored event, from every answer, and refuse their older events.
+
+        Once it returns, no answer counts the learner. Their events that occurred before
+        `erased_at` are rejected when sent again (field ``user_id``), so a replayed stream
+        cannot bring them back; later events are stored, as a learner who came back. Erasing
+        again moves `erased_at` forward and removes what was stored since. Retried like the
+        queries: a retry erases again, so it reports 0 deleted events when the first attempt
+        had already erased them. Needs the admin scope on a server with tokens.
+
+        Args:
+            user_id: The learner, a UUID.
+
+        Raises:
+            InvalidArgumentError: `user_id` is not a UUID (field ``user_id``).
+            UnavailableError: The service or its database stayed unreachable.
+        """
+        request = pb.DeleteUserRequest(user_id=user_id)
+        return delete_user_result(await self._query(self._stub.DeleteUser, request))
 
     async def record(self, events: Iterable[Event], *, batch_size: int = 1000) -> RecordResult:
         """Store `events` over one RecordEvents stream, `batch_size` events per message.

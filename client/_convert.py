@@ -9,6 +9,7 @@ from google.protobuf import timestamp_pb2
 
 from daily_aggregator.client._models import (
     BreakdownRow,
+    DeleteUserResult,
     Dimension,
     Event,
     EventError,
@@ -236,3 +237,8 @@ def retention_result(response: pb.RetentionResponse) -> RetentionResult:
             for c in response.cohorts
         ],
     )
+
+
+def delete_user_result(response: pb.DeleteUserResponse) -> DeleteUserResult:
+    """A DeleteUserResult for a response."""
+    return DeleteUserResult(response.deleted_events, instant(response.erased_at))

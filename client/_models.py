@@ -9,6 +9,7 @@ from datetime import date, datetime
 
 __all__ = [
     "BreakdownRow",
+    "DeleteUserResult",
     "Dimension",
     "Event",
     "EventError",
@@ -361,3 +362,19 @@ class RetentionResult:
 
     time_zone: str
     cohorts: list[RetentionCohort]
+
+
+@dataclass(frozen=True)
+class DeleteUserResult:
+    """The answer of `delete_user`: what the erasure removed, and from when it refuses events.
+
+    Attributes:
+        deleted_events: Stored events of the learner this call removed (0 when nothing was
+            stored, or when a retry follows an attempt that had already erased them).
+        erased_at: The erasure's instant, an aware datetime in UTC. Events of the learner
+            that occurred before it are rejected from now on (field ``user_id``); later ones
+            are stored as usual.
+    """
+
+    deleted_events: int
+    erased_at: datetime

@@ -20,6 +20,7 @@ from daily_aggregator.client._convert import event_from_proto, event_to_proto
 from daily_aggregator.client._errors import DailyAggregatorError
 from daily_aggregator.client._models import (
     BreakdownRow,
+    DeleteUserResult,
     Dimension,
     Event,
     Granularity,
@@ -362,6 +363,10 @@ class Client:
                 exclude_countries=tuple(exclude_countries),
             )
         )
+
+    def delete_user(self, user_id: str) -> DeleteUserResult:
+        """Erase a learner from every answer; see `AsyncClient.delete_user`."""
+        return self._runner.run(self._client.delete_user(user_id))
 
     def record(self, events: Iterable[Event], *, batch_size: int = 1000) -> RecordResult:
         """Store events over one stream, resending it on failure; see `AsyncClient.record`."""

@@ -1,4 +1,8 @@
-"""RecordEvents: validate each stream message, store it in one statement, tally the outcome."""
+"""RecordEvents: validate each stream message, store it in one statement, tally the outcome.
+
+The statement also refuses the events of erased learners that occurred before their
+erasure (see `erasure`), so a replayed stream cannot bring an erased learner back.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import contextlib
 import time
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from operator import attrgetter
 
 import asyncpg
 
@@ -19,6 +25,7 @@ MAX_ERRORS = 100
 """Most rejections described in one RecordEvents response."""
 
 _ATTEMPTS = 3
+_INDEX = attrgetter("index")
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,8 @@ class StoreOutcome:
     conflicts: int
     checked: bool = False
     """Whether a key of the batch was stored before, so it had to be inserted key by key."""
+    refused: list[Rejection] = field(default_factory=list)
+    """Events of erased learners that occurred before the erasure, refused unstored."""
 
 
 @dataclass
@@ -51,11 +60,21 @@ class Tally:
         self.errors.extend(rejections[:room])
         self.errors_truncated = self.errors_truncated or len(rejections) > room
 
-    def add(self, outcome: StoreOutcome) -> None:
-        """Count one stored batch."""
+    def add(self, outcome: StoreOutcome, invalid: Sequence[Rejection] = ()) -> None:
+        """Count one stored batch and the invalid events of the same message, in stream order."""
         self.inserted += outcome.inserted
         self.duplicates += outcome.duplicates
         self.conflicts += outcome.conflicts
+        if outcome.refused:
+            self.reject(sorted([*invalid, *outcome.refused], key=_INDEX))
+        else:
+            self.reject(invalid)
+
+
+def erased_reason(erased_at: datetime) -> str:
+    """Why an event of a learner erased at `erased_at` that occurred before then is refused."""
+    when = erased_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return f"learner was erased at {when}; events before then are refused"
 
 
 async def store(pool: asyncpg.Pool, events: ValidEvents, *, optimistic: bool) -> StoreOutcome:
@@ -63,7 +82,8 @@ async def store(pool: asyncpg.Pool, events: ValidEvents, *, optimistic: bool) ->
 
     `optimistic` first tries the statement for keys never stored, which fails as a
     whole when one was; the batch is then inserted with the statement that skips
-    stored keys. Both statements commit on their own. A deadlock between
+    stored keys. Both statements commit on their own, and both refuse the events
+    of erased learners that occurred before the erasure. A deadlock between
     overlapping concurrent batches rolls the statement back whole, so it is
     simply retried.
     """
@@ -81,17 +101,37 @@ async def store(pool: asyncpg.Pool, events: ValidEvents, *, optimistic: bool) ->
                     rows = await conn.fetch(query("insert_events_checked"), *events.columns())
                 if not rows:
                     return StoreOutcome(len(events), 0, 0, checked)
-                skipped = events.subset([row["position"] - 1 for row in rows])
-                compared = await conn.fetch(
-                    query("compare_events"), *skipped.columns(), skipped.occurred_given
+                refused = [
+                    Rejection(
+                        events.indexes[row["position"] - 1],
+                        events.idempotency_keys[row["position"] - 1],
+                        "user_id",
+                        erased_reason(row["erased_at"]),
+                    )
+                    for row in rows
+                    if row["erased_at"] is not None
+                ]
+                skipped = events.subset(
+                    [row["position"] - 1 for row in rows if row["erased_at"] is None]
                 )
+                compared = []
+                if skipped:
+                    compared = await conn.fetch(
+                        query("compare_events"), *skipped.columns(), skipped.occurred_given
+                    )
         except RETRYABLE_ERRORS:
             if attempt == _ATTEMPTS:
                 raise
             await asyncio.sleep(0.01 * attempt)
             continue
         duplicates = sum(1 for row in compared if row["same_payload"])
-        return StoreOutcome(len(events) - len(rows), duplicates, len(rows) - duplicates, checked)
+        return StoreOutcome(
+            len(events) - len(rows),
+            duplicates,
+            len(skipped) - duplicates,
+            checked,
+            refused,
+        )
     raise AssertionError("unreachable")
 
 
@@ -103,10 +143,13 @@ async def record_stream(
     While one batch is being stored the next is read and validated, so at most
     two batches are held in memory whatever the stream's length. A batch being
     stored is shielded: when the call fails or is cancelled it still commits,
-    so nothing received before the failure is lost.
+    so nothing received before the failure is lost. A message's invalid events
+    are counted with its stored batch, so that errors stay in stream order with
+    the events the batch refused.
     """
     tally = Tally()
     storing: asyncio.Task[StoreOutcome] | None = None
+    invalid: list[Rejection] = []
     # A stream that resends stored keys once is a resend: check its keys from then on.
     optimistic = True
     try:
@@ -114,16 +157,18 @@ async def record_stream(
             now_us = time.time_ns() // 1000
             valid, rejections = validate(request.events, tally.received, now_us)
             tally.received += len(request.events)
-            tally.reject(rejections)
             if storing is not None:
                 outcome = await asyncio.shield(storing)
-                tally.add(outcome)
+                tally.add(outcome, invalid)
                 optimistic = optimistic and not outcome.checked
                 storing = None
             if valid:
                 storing = asyncio.create_task(store(pool, valid, optimistic=optimistic))
+                invalid = rejections
+            else:
+                tally.reject(rejections)
         if storing is not None:
-            tally.add(await asyncio.shield(storing))
+            tally.add(await asyncio.shield(storing), invalid)
             storing = None
     except BaseException:
         if storing is not None:

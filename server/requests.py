@@ -268,3 +268,10 @@ def retention_query(request: pb.RetentionRequest, zones: TimeZones) -> Retention
     if periods > MAX_RETENTION_PERIODS:
         raise InvalidArgument("periods", f"must be at most {MAX_RETENTION_PERIODS}")
     return RetentionQuery(span, unit, zones.parse(request.time_zone), periods)
+
+
+def erasure_user_id(request: pb.DeleteUserRequest) -> uuid.UUID:
+    """Validate a DeleteUserRequest: the learner to erase."""
+    if not is_uuid(request.user_id):
+        raise InvalidArgument("user_id", "is required" if not request.user_id else UUID_REASON)
+    return uuid.UUID(request.user_id)

@@ -13,10 +13,12 @@ from daily_aggregator.server.answers.learner import learner_stats
 from daily_aggregator.server.answers.retention import retention
 from daily_aggregator.server.answers.summary import summary
 from daily_aggregator.server.answers.uniques import uniques
+from daily_aggregator.server.erasure import erase
 from daily_aggregator.server.errors import grpc_errors
 from daily_aggregator.server.ingest import record_stream
 from daily_aggregator.server.requests import (
     breakdown_query,
+    erasure_user_id,
     learner_stats_query,
     retention_query,
     summary_query,
@@ -97,3 +99,14 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         context: grpc.aio.ServicerContext[pb.RetentionRequest, pb.RetentionResponse],
     ) -> pb.RetentionResponse:
         return await retention(self._pool, self._zones, retention_query(request, self._zones))
+
+    @grpc_errors
+    async def DeleteUser(
+        self,
+        request: pb.DeleteUserRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteUserRequest, pb.DeleteUserResponse],
+    ) -> pb.DeleteUserResponse:
+        erasure = await erase(self._pool, erasure_user_id(request))
+        response = pb.DeleteUserResponse(deleted_events=erasure.deleted_events)
+        response.erased_at.FromDatetime(erasure.erased_at)
+        return response

@@ -57,6 +57,8 @@ class ValidEvents:
     countries: list[str] = field(default_factory=list)
     occurred_given: list[bool] = field(default_factory=list)
     """False where the server's receive time stood in for a missing occurred_at."""
+    indexes: list[int] = field(default_factory=list)
+    """Each event's 0-based position in the whole stream, for what ingest refuses."""
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -86,6 +88,7 @@ class ValidEvents:
             pick(self.study_seconds),
             pick(self.countries),
             pick(self.occurred_given),
+            pick(self.indexes),
         )
 
 
@@ -131,7 +134,7 @@ def validate(
     `first_index` is the stream position of the batch's first event; `now_us`
     is the receive time, used for a missing occurred_at and the future limit.
     """
-    valid = _all_valid(events, now_us)
+    valid = _all_valid(events, first_index, now_us)
     if valid is not None:
         return valid, []
     valid = ValidEvents()
@@ -153,6 +156,7 @@ def validate(
         valid.study_seconds.append(event.study_seconds)
         valid.countries.append(event.country)
         valid.occurred_given.append(given)
+        valid.indexes.append(first_index + offset)
     return valid, rejections
 
 
@@ -175,7 +179,9 @@ def _all_uuids(values: list[str]) -> bool:
     )
 
 
-def _all_valid(events: Sequence[aggregator_pb2.Event], now_us: int) -> ValidEvents | None:
+def _all_valid(
+    events: Sequence[aggregator_pb2.Event], first_index: int, now_us: int
+) -> ValidEvents | None:
     """The whole batch as columns when every event is valid, else None.
 
     Ingest is bound by this loop, and batches are nearly always entirely valid,
@@ -203,6 +209,7 @@ def _all_valid(events: Sequence[aggregator_pb2.Event], now_us: int) -> ValidEven
         study_seconds=list(map(_STUDY_SECONDS, events)),
         countries=list(map(_COUNTRY_OF, events)),
         occurred_given=[True] * len(events),
+        indexes=list(range(first_index, first_index + len(events))),
     )
     if (
         _all_uuids(valid.user_ids)

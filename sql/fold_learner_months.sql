@@ -5,6 +5,13 @@
 -- and of the learners the batch raised above the list's last entry; every other
 -- learner has at most the old bound or the total the batch gave it, and the
 -- bound rises to the largest of those.
+--
+-- A list shorter than $1 names every learner of its month, unless an erasure
+-- took entries out of it (erase_learner.sql): then learners outside it may have
+-- up to its bound. So a learner enters a short list only when reaching the
+-- bound, and every listed total stays at least every unlisted one, which the
+-- rankings rely on (server/answers/top_learners.py). A list that was never cut
+-- has bound 0, so every learner of the batch enters it.
 WITH changed AS (
     INSERT INTO learner_months AS m (user_id, month, events, word_count, study_seconds)
     SELECT user_id, date_trunc('month', slot, 'UTC'), sum(events), sum(word_count), sum(study_seconds)
@@ -27,7 +34,8 @@ fresh AS (
 ),
 lists AS (
     SELECT l.month, l.metric, l.user_ids, l.totals,
-           CASE WHEN cardinality(l.totals) >= $1 THEN l.totals[$1] ELSE -1 END AS last
+           CASE WHEN cardinality(l.totals) >= $1 THEN l.totals[$1] ELSE l.bound - 1 END
+               AS last
     FROM month_leaders AS l
     WHERE l.month IN (SELECT month FROM changed)
 ),

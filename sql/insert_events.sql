@@ -1,6 +1,8 @@
 -- Stores one batch of validated events in a single statement, appends them to
 -- the pending log for the folder, and returns the 1-based positions of the
--- events that were NOT inserted: repetitions of a key earlier in the batch.
+-- events that were NOT inserted: repetitions of a key earlier in the batch, and
+-- events refused because their learner was erased after they occurred (with
+-- the erasure's erased_at; NULL for the others).
 --
 -- Optimistic: a key already stored fails the whole statement with
 -- unique_violation, and the caller stores the batch with
@@ -19,9 +21,25 @@ WITH batch AS (
         WITH ORDINALITY
         AS b (user_id, idempotency_key, occurred_us, word_count, study_seconds, country, position)
 ),
+-- Events of erased learners that occurred before their erasure: refused, never
+-- stored. Read in this statement, so a batch either sees an erasure or holds its
+-- lock on pending_events from before the erasure was recorded (and the erasure
+-- waits for it, then deletes what it stored). The batch's learners are looked up
+-- by key, so the cost follows the batch, not the number of erasures: nothing at
+-- all while there is none.
+erased AS (
+    SELECT user_id, erased_at FROM erasures WHERE user_id = ANY ($1::uuid[])
+),
+refused AS (
+    SELECT b.position, x.erased_at
+    FROM batch AS b
+    JOIN erased AS x USING (user_id)
+    WHERE b.occurred_us < (extract(epoch FROM x.erased_at) * 1000000)::bigint
+),
 firsts AS (
     SELECT DISTINCT ON (user_id, idempotency_key) *
     FROM batch
+    WHERE position NOT IN (SELECT position FROM refused)
     ORDER BY user_id, idempotency_key, position
 ),
 inserted AS (
@@ -40,6 +58,7 @@ pending AS (
     INSERT INTO pending_events (half, user_id, occurred_at, word_count, study_seconds, country)
     SELECT (SELECT half FROM pending_half), * FROM inserted
 )
-SELECT b.position
+SELECT b.position, r.erased_at
 FROM batch AS b
+LEFT JOIN refused AS r USING (position)
 WHERE NOT EXISTS (SELECT 1 FROM firsts AS f WHERE f.position = b.position);

@@ -1,8 +1,10 @@
 -- Stores one batch of validated events in a single statement, appends the ones
 -- it inserted to the pending log for the folder, and returns the 1-based
--- positions of the events that were NOT inserted. Keys stored before are
--- skipped (ON CONFLICT DO NOTHING); insert_events.sql is the same statement
--- for batches of keys never seen, which is cheaper and fails on a stored key.
+-- positions of the events that were NOT inserted, with erased_at for those
+-- refused because their learner was erased after they occurred (NULL for
+-- duplicates and conflicts). Keys stored before are skipped (ON CONFLICT DO
+-- NOTHING); insert_events.sql is the same statement for batches of keys never
+-- seen, which is cheaper and fails on a stored key.
 --
 -- Within the batch the first occurrence of a key wins. Keys are inserted in key
 -- order, so concurrent batches lock keys in the same order and do not deadlock
@@ -16,9 +18,25 @@ WITH batch AS (
         WITH ORDINALITY
         AS b (user_id, idempotency_key, occurred_us, word_count, study_seconds, country, position)
 ),
+-- Events of erased learners that occurred before their erasure: refused, never
+-- stored. Read in this statement, so a batch either sees an erasure or holds its
+-- lock on pending_events from before the erasure was recorded (and the erasure
+-- waits for it, then deletes what it stored). The batch's learners are looked up
+-- by key, so the cost follows the batch, not the number of erasures: nothing at
+-- all while there is none.
+erased AS (
+    SELECT user_id, erased_at FROM erasures WHERE user_id = ANY ($1::uuid[])
+),
+refused AS (
+    SELECT b.position, x.erased_at
+    FROM batch AS b
+    JOIN erased AS x USING (user_id)
+    WHERE b.occurred_us < (extract(epoch FROM x.erased_at) * 1000000)::bigint
+),
 firsts AS (
     SELECT DISTINCT ON (user_id, idempotency_key) *
     FROM batch
+    WHERE position NOT IN (SELECT position FROM refused)
     ORDER BY user_id, idempotency_key, position
 ),
 inserted AS (
@@ -40,8 +58,9 @@ pending AS (
            country
     FROM inserted
 )
-SELECT b.position
+SELECT b.position, r.erased_at
 FROM batch AS b
+LEFT JOIN refused AS r USING (position)
 WHERE NOT EXISTS (
     SELECT 1
     FROM firsts AS f

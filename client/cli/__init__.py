@@ -1,11 +1,12 @@
 """The `daily-aggregator` command line: serve, ingest, summary, uniques, breakdown, retention,
-learner, demo.
+learner, delete-user, demo.
 
 The library (`daily_aggregator.client`) never imports this module; only this module
 imports `rich`. Exit codes:
 
     0  everything done (ingest: every event was stored or was already stored)
-    1  partly done (ingest: some lines were bad, rejected or conflicting) or a service failure
+    1  partly done (ingest: some lines were bad, rejected or conflicting; delete-user: declined
+       at the prompt) or a service failure
     2  usage error: a bad flag, a missing file, a request the service refused, a
        missing or refused token, or a token without the scope the command needs
     3  the service cannot be reached
@@ -42,6 +43,7 @@ from daily_aggregator.client.cli._common import (
     first_line,
 )
 from daily_aggregator.client.cli._demo import demo_command
+from daily_aggregator.client.cli._erasure import delete_user_command
 from daily_aggregator.client.cli._ingest import ingest_command
 from daily_aggregator.client.cli._learner import learner_command
 from daily_aggregator.client.cli._reports import (
@@ -334,6 +336,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, help="random seed of the generated data")
     demo.set_defaults(run=demo_command)
+
+    delete_user = commands.add_parser(
+        "delete-user",
+        parents=[connection],
+        help="erase a learner: every stored event, from every answer",
+        description="Erase a learner: delete every stored event of theirs from every answer, "
+        "and refuse their events that occurred before now when they are sent again. Asks for "
+        "confirmation on the terminal unless --yes.",
+    )
+    delete_user.add_argument("user_id", metavar="USER_ID", help="the learner's user_id")
+    delete_user.add_argument(
+        "--yes", action="store_true", help="erase without asking (needed when stdin is no terminal)"
+    )
+    delete_user.add_argument("--json", action="store_true", help="print the result as JSON")
+    delete_user.set_defaults(run=delete_user_command)
     return parser
 
 

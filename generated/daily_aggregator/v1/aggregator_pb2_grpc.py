@@ -182,6 +182,14 @@ class AggregatorServiceServicer:
         erasure is remembered, so events of that learner that occurred before it
         are refused when they are sent again. Needs the admin scope when the
         server has a tokens file.
+
+        Once it returns, no answer counts the learner's events, pending or folded.
+        A learner with nothing stored is erased all the same (0 events deleted);
+        erasing again moves erased_at forward and deletes what was stored since.
+        Safe to retry: a retry reports only the events it deleted itself.
+
+        Status codes: OK; INVALID_ARGUMENT (user_id missing or not a UUID);
+        UNAVAILABLE (the erasure may be recorded already, with events left; retry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
