@@ -138,8 +138,22 @@ async def test_occurred_at_is_stored_to_the_microsecond(stub: Stub, pool: asyncp
     assert occurred == datetime(2025, 6, 1, 12, 0, 0, 123_456, tzinfo=UTC)
 
 
-def _future(hours: float) -> datetime:
-    return datetime.now(UTC) + timedelta(hours=hours)
+class _Future:
+    """A time `hours` ahead of the moment the test runs (not of when the module was read)."""
+
+    def __init__(self, hours: float) -> None:
+        self.hours = hours
+
+    def __repr__(self) -> str:
+        return f"{self.hours} h ahead"
+
+
+def _changes(change: dict[str, object]) -> dict[str, object]:
+    """`change` with its future times made concrete now."""
+    return {
+        k: datetime.now(UTC) + timedelta(hours=v.hours) if isinstance(v, _Future) else v
+        for k, v in change.items()
+    }
 
 
 INVALID = [
@@ -147,7 +161,7 @@ INVALID = [
     ("user_id", {"user_id": "123e4567e89b12d3a456426614174000"}, "must be a UUID"),
     ("idempotency_key", {"key": "123e4567-e89b-12d3-a456-42661417400g"}, "must be a UUID"),
     ("occurred_at", {"at": datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC)}, "2000-01-01"),
-    ("occurred_at", {"at": _future(24.1)}, "24 hours in the future"),
+    ("occurred_at", {"at": _Future(24.1)}, "24 hours in the future"),
     ("word_count", {"words": 1_000_001}, "at most 1000000"),
     ("study_seconds", {"seconds": 86_401}, "at most 86400"),
     ("country", {"country": "jp"}, "ISO 3166-1 alpha-2"),
@@ -158,7 +172,7 @@ INVALID = [
 VALID_EDGES = [
     {"user_id": "123E4567-E89B-12D3-A456-426614174000"},
     {"at": datetime(2000, 1, 1, tzinfo=UTC)},
-    {"at": _future(23.9)},
+    {"at": _Future(23.9)},
     {"words": 1_000_000},
     {"words": 0},
     {"seconds": 86_400},
@@ -171,7 +185,7 @@ VALID_EDGES = [
 async def test_each_invalid_field_is_rejected_by_name(
     stub: Stub, pool: asyncpg.Pool, field: str, change: dict[str, object], reason: str
 ) -> None:
-    bad = event(**change)  # type: ignore[arg-type]
+    bad = event(**_changes(change))  # type: ignore[arg-type]
     response = await record(stub, [[event(), bad, event()]])
     assert (response.received, response.inserted, response.rejected) == (3, 2, 1)
     [error] = response.errors
@@ -191,7 +205,7 @@ async def test_invalid_nanos_are_rejected(stub: Stub) -> None:
 async def test_values_at_the_limits_are_accepted(
     stub: Stub, pool: asyncpg.Pool, change: dict[str, object]
 ) -> None:
-    response = await record(stub, [[event(**change)]])  # type: ignore[arg-type]
+    response = await record(stub, [[event(**_changes(change))]])  # type: ignore[arg-type]
     assert (response.inserted, response.rejected) == (1, 0), response.errors
     assert await stored(pool) == 1
 
