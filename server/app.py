@@ -24,6 +24,7 @@ from daily_aggregator.server.database import (
     migrate,
     wait_for_database,
 )
+from daily_aggregator.server.decoding import DecodingInterceptor
 from daily_aggregator.server.embedded import (
     DataDirectoryError,
     EmbeddedPostgres,
@@ -36,7 +37,8 @@ from daily_aggregator.v1 import aggregator_pb2, aggregator_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = aggregator_pb2.DESCRIPTOR.services_by_name["AggregatorService"].full_name
+SERVICE = aggregator_pb2.DESCRIPTOR.services_by_name["AggregatorService"]
+SERVICE_NAME = SERVICE.full_name
 
 
 class StartupError(Exception):
@@ -81,6 +83,9 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
         except (OSError, ValueError) as exc:
             raise StartupError(f"cannot use the tokens file: {exc}") from exc
         interceptors.append(BearerTokenInterceptor(tokens, prefix=prefix))
+    # Last, so that a refused call is refused before its bytes count, and every interceptor
+    # before it sees a malformed request end as INVALID_ARGUMENT.
+    interceptors.append(DecodingInterceptor(SERVICE))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[

@@ -1,13 +1,17 @@
 """The one place where failures become gRPC status codes.
 
     InvalidArgument          -> INVALID_ARGUMENT, with google.rpc.BadRequest naming the field
+    MalformedRequest         -> INVALID_ARGUMENT "malformed request: ..." (bytes that do not
+                                decode; server/decoding.py raises it, no field to name)
     database unreachable,
     shutting down, deadlock  -> UNAVAILABLE (safe to retry)
     anything else            -> INTERNAL (logged with its traceback)
     no accepted bearer token -> UNAUTHENTICATED (decided by server/auth.py, before the handler)
 
 Handlers raise; `grpc_errors` wraps each handler and answers with the status. Interceptors
-that turn a call away answer with `refusing`.
+that turn a call away answer with `refusing`, or `abort_malformed` for a request that did
+not decode. Failures of the caller's making are logged at DEBUG at most (the access log has
+the call's status); only INTERNAL carries a traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -47,6 +51,21 @@ class InvalidArgument(Exception):
     def __init__(self, field: str, description: str) -> None:
         super().__init__(f"{field}: {description}")
         self.violations = [FieldViolation(field, description)]
+
+
+class MalformedRequest(Exception):
+    """Request bytes that are not an encoding of the method's request message.
+
+    Answered with INVALID_ARGUMENT and the exception's message, which starts with
+    "malformed request: "; there is no field to name.
+    """
+
+
+async def abort_malformed(context: grpc.aio.ServicerContext, exc: MalformedRequest) -> NoReturn:
+    """Answer a request that did not decode: INVALID_ARGUMENT, and a DEBUG line, no traceback."""
+    log.debug("%s", exc)
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    raise AssertionError("unreachable: abort raises")
 
 
 def invalid_argument_status(violations: list[FieldViolation]) -> grpc.Status:
@@ -83,6 +102,8 @@ def grpc_errors(
             return await handler(self, *args, **kwargs)
         except InvalidArgument as exc:
             await context.abort_with_status(invalid_argument_status(exc.violations))
+        except MalformedRequest as exc:
+            await abort_malformed(context, exc)
         except UNAVAILABLE_ERRORS as exc:
             log.warning("%s: database unavailable: %r", handler.__name__, exc)
             await context.abort(

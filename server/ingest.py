@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass, field
@@ -103,7 +102,8 @@ async def record_stream(
     While one batch is being stored the next is read and validated, so at most
     two batches are held in memory whatever the stream's length. A batch being
     stored is shielded: when the call fails or is cancelled it still commits,
-    so nothing received before the failure is lost.
+    so nothing received before the failure is lost. When that batch fails to
+    commit, its failure is what the stream fails with.
     """
     tally = Tally()
     storing: asyncio.Task[StoreOutcome] | None = None
@@ -125,9 +125,14 @@ async def record_stream(
         if storing is not None:
             tally.add(await asyncio.shield(storing))
             storing = None
-    except BaseException:
+    except BaseException as exc:
         if storing is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.shield(storing)
+            except Exception as failure:
+                # A stream that fails (a malformed message, say) after a batch that could not
+                # commit fails as that batch did, so its status never hides lost events.
+                if isinstance(exc, Exception):
+                    raise failure from exc
         raise
     return tally
