@@ -37,6 +37,21 @@ R = TypeVar("R")
 S = TypeVar("S")
 
 
+ECHOED_CHARACTERS = 40
+"""Most characters of a caller's value that an error message repeats."""
+
+_MAX_DESCRIPTION = 500
+"""Most characters of one field violation's description: statuses travel in trailers,
+which a client refuses past 8 KiB by default (each description is sent twice there)."""
+
+
+def echo(value: str) -> str:
+    """`value` quoted for an error message; only its first ECHOED_CHARACTERS when longer."""
+    if len(value) <= ECHOED_CHARACTERS:
+        return repr(value)
+    return f"{value[:ECHOED_CHARACTERS]!r}... ({len(value)} characters)"
+
+
 @dataclass(frozen=True)
 class FieldViolation:
     """One invalid field of a request: its name (dotted path) and why."""
@@ -49,6 +64,8 @@ class InvalidArgument(Exception):
     """A request field is invalid; answered with INVALID_ARGUMENT naming the field."""
 
     def __init__(self, field: str, description: str) -> None:
+        if len(description) > _MAX_DESCRIPTION:
+            description = description[: _MAX_DESCRIPTION - 3] + "..."
         super().__init__(f"{field}: {description}")
         self.violations = [FieldViolation(field, description)]
 
