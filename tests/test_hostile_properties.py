@@ -417,7 +417,7 @@ def assert_buckets_in_order(buckets: Sequence[Any]) -> None:
     assert starts == sorted(set(starts))
 
 
-@settings(PROFILE, max_examples=50)
+@settings(PROFILE, max_examples=40)
 @given(drawn=summary_requests())
 async def test_summary_refuses_hostile_fields_by_name(hostile: Hostile, drawn: Drawn) -> None:
     outcome = await call(hostile.stub.Summary, drawn.request)
@@ -430,7 +430,7 @@ async def test_summary_refuses_hostile_fields_by_name(hostile: Hostile, drawn: D
     await assert_healthy(hostile)
 
 
-@settings(PROFILE, max_examples=40)
+@settings(PROFILE, max_examples=30)
 @given(drawn=uniques_requests())
 async def test_uniques_refuses_hostile_fields_by_name(hostile: Hostile, drawn: Drawn) -> None:
     outcome = await call(hostile.stub.Uniques, drawn.request)
@@ -442,7 +442,7 @@ async def test_uniques_refuses_hostile_fields_by_name(hostile: Hostile, drawn: D
     await assert_healthy(hostile)
 
 
-@settings(PROFILE, max_examples=40)
+@settings(PROFILE, max_examples=30)
 @given(drawn=breakdown_requests())
 async def test_breakdown_refuses_hostile_fields_by_name(hostile: Hostile, drawn: Drawn) -> None:
     outcome = await call(hostile.stub.Breakdown, drawn.request)
@@ -530,7 +530,7 @@ async def record(h: Hostile, batches: Sequence[Sequence[pb.Event]]) -> Outcome:
     return await call(h.stub.RecordEvents, iter(requests))
 
 
-@settings(PROFILE, max_examples=50)
+@settings(PROFILE, max_examples=40)
 @given(batches=st.lists(st.lists(hostile_events(), max_size=12), max_size=4))
 async def test_record_events_rejects_each_hostile_event_by_name_and_stores_the_rest(
     hostile: Hostile, batches: list[list[pb.Event]]
@@ -603,7 +603,7 @@ def batch_of_size(target: int) -> tuple[list[pb.Event], int]:
     return events, pb.RecordEventsRequest(events=events).ByteSize()
 
 
-@settings(PROFILE, max_examples=15)
+@settings(PROFILE, max_examples=12)
 @given(
     offset=st.one_of(st.integers(-3, 3), st.integers(-LIMIT + 200, LIMIT // 4)),
     before=st.integers(0, 2),
@@ -683,7 +683,7 @@ def raw_unary(draw: st.DrawFn) -> tuple[str, bytes]:
     return method, draw(damaged(drawn.request.SerializeToString()))
 
 
-@settings(PROFILE, max_examples=60)
+@settings(PROFILE, max_examples=50)
 @given(case=raw_unary())
 async def test_raw_bytes_to_a_unary_method_are_malformed_or_the_message_they_decode_to(
     hostile: Hostile, case: tuple[str, bytes]
@@ -727,7 +727,7 @@ def raw_streams(draw: st.DrawFn) -> list[bytes]:
     return messages
 
 
-@settings(PROFILE, max_examples=40)
+@settings(PROFILE, max_examples=30)
 @given(messages=raw_streams())
 async def test_raw_bytes_in_a_stream_fail_it_at_the_first_malformed_message(
     hostile: Hostile, messages: list[bytes]
