@@ -12,11 +12,15 @@ the service's handlers around deserializers that say what failed instead:
   malformed message, as it does before any other failure of the stream.
 - A unary request is decoded before the handler is called, so the deserializer
   returns an `Undecodable` in place of the request, and the rebuilt behavior answers
-  it with INVALID_ARGUMENT (`abort_malformed`) without calling the handler.
+  it with INVALID_ARGUMENT (`abort_malformed`) without calling the handler (for a
+  unary-stream method too, before its first response).
+
+Handlers must be coroutines or async generators (grpc.aio's own kind).
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -59,10 +63,15 @@ class DecodingInterceptor(ServiceInterceptor):
     ) -> grpc.RpcMethodHandler:
         name = self._service.methods_by_name[method].input_type.full_name
         decode = handler.request_deserializer
-        if handler.unary_unary or handler.unary_stream:
-            return with_behavior(
-                handler, _answering_undecodable, request_deserializer=_lenient(decode, name)
-            )
+        behavior = handler.unary_unary or handler.unary_stream
+        if behavior is not None:
+            # grpc.aio tells a streaming handler written as an async generator from one
+            # that writes to its context by its kind; the wrapper keeps that kind.
+            if inspect.isasyncgenfunction(behavior):
+                wrap = _streaming_unless_undecodable
+            else:
+                wrap = _answering_undecodable
+            return with_behavior(handler, wrap, request_deserializer=_lenient(decode, name))
         return with_behavior(
             handler, lambda behavior: behavior, request_deserializer=_strict(decode, name)
         )
@@ -112,5 +121,16 @@ def _answering_undecodable(behavior: Behavior) -> Behavior:
         if isinstance(request, Undecodable):
             await abort_malformed(context, request.error)
         return await behavior(request, context)
+
+    return call
+
+
+def _streaming_unless_undecodable(behavior: Behavior) -> Behavior:
+    # A unary-stream behavior is an async generator function, and so is its wrapper.
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, Undecodable):
+            await abort_malformed(context, request.error)
+        async for response in behavior(request, context):  # type: ignore[attr-defined]
+            yield response
 
     return call

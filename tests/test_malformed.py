@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as aio_health
 
 from daily_aggregator.client import AsyncClient
 from daily_aggregator.server.app import SERVICE_NAME, start_server
 from daily_aggregator.server.config import Settings
+from daily_aggregator.server.decoding import DecodingInterceptor
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
 from tests.support import event, timestamp
@@ -182,3 +186,67 @@ async def test_a_batch_that_failed_to_commit_decides_the_status_not_the_malforme
     # "the batches before it are committed", which the first is not.
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
     assert await pool.fetchval("SELECT count(*) FROM events") == 0
+
+
+def yielding_health() -> grpc.GenericRpcHandler:
+    """A health service whose Watch is an async generator, the other kind of streaming handler."""
+
+    async def check(
+        request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    async def watch(
+        request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+        yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    codecs = {
+        "request_deserializer": health_pb2.HealthCheckRequest.FromString,
+        "response_serializer": health_pb2.HealthCheckResponse.SerializeToString,
+    }
+    return grpc.method_handlers_generic_handler(
+        "grpc.health.v1.Health",
+        {
+            "Check": grpc.unary_unary_rpc_method_handler(check, **codecs),
+            "Watch": grpc.unary_stream_rpc_method_handler(watch, **codecs),
+        },
+    )
+
+
+@pytest.mark.parametrize("watch", ["writes", "yields"])
+async def test_any_service_behind_the_interceptor_answers_malformed_unary_requests(
+    watch: str,
+) -> None:
+    # The health service has both unary kinds: Check answers once, Watch streams answers
+    # (written to its context, or yielded). Behind DecodingInterceptor, bytes that do not
+    # decode fail either before its handler runs.
+    health = health_pb2.DESCRIPTOR.services_by_name["Health"]
+    server = grpc.aio.server(interceptors=[DecodingInterceptor(health)])
+    if watch == "writes":
+        health_pb2_grpc.add_HealthServicer_to_server(aio_health.HealthServicer(), server)
+    else:
+        server.add_generic_rpc_handlers((yielding_health(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            for method, call in (
+                ("Check", channel.unary_unary("/grpc.health.v1.Health/Check")(CORRUPT)),
+                ("Watch", channel.unary_stream("/grpc.health.v1.Health/Watch")(CORRUPT).read()),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await call
+                assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+                assert (raised.value.details() or "").startswith(
+                    "malformed request: cannot decode grpc.health.v1.HealthCheckRequest: "
+                )
+            stub = health_pb2_grpc.HealthStub(channel)
+            stream = stub.Watch(health_pb2.HealthCheckRequest())
+            first = await stream.read()
+            assert first.status == health_pb2.HealthCheckResponse.SERVING
+            stream.cancel()
+            checked = await stub.Check(health_pb2.HealthCheckRequest())
+            assert checked.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await server.stop(None)
