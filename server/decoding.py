@@ -72,9 +72,7 @@ class DecodingInterceptor(ServiceInterceptor):
             else:
                 wrap = _answering_undecodable
             return with_behavior(handler, wrap, request_deserializer=_lenient(decode, name))
-        return with_behavior(
-            handler, lambda behavior: behavior, request_deserializer=_strict(decode, name)
-        )
+        return with_behavior(handler, _unchanged, request_deserializer=_strict(decode, name))
 
 
 def _problem(name: str, exc: message.DecodeError) -> str:
@@ -114,6 +112,11 @@ def _strict(decode: Deserializer, name: str) -> Deserializer:
             ) from None
 
     return deserialize
+
+
+def _unchanged(behavior: Behavior) -> Behavior:
+    # A stream's handler meets the MalformedRequest itself, as it reads.
+    return behavior
 
 
 def _answering_undecodable(behavior: Behavior) -> Behavior:
