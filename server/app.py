@@ -26,6 +26,7 @@ from daily_aggregator.server.database import (
     migrate,
     wait_for_database,
 )
+from daily_aggregator.server.decoding import DecodingInterceptor
 from daily_aggregator.server.embedded import (
     DataDirectoryError,
     EmbeddedPostgres,
@@ -124,6 +125,9 @@ async def _start_server(
             BearerTokenInterceptor(registry, prefix=prefix),
             RateLimitInterceptor(registry, limiter, prefix=prefix),
         ]
+    # Last, so that a refused call is refused before its bytes count, and every interceptor
+    # before it sees a malformed request end as INVALID_ARGUMENT.
+    interceptors.append(DecodingInterceptor(SERVICE))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[

@@ -24,6 +24,10 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     # Shutting down, starting up, or crashed and restarting.
     asyncpg.exceptions.OperatorInterventionError,
+    # What asyncpg raises ("cannot switch to state 15; another operation (2) is in
+    # progress", MagicStack/asyncpg#784) when PostgreSQL ended the session between two
+    # statements, as a restart does; the pool then drops the connection.
+    asyncpg.exceptions.InternalClientError,
 )
 
 # Errors worth a second try of the same statement: it was rolled back whole.

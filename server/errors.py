@@ -1,6 +1,8 @@
 """The one place where failures become gRPC status codes.
 
     InvalidArgument          -> INVALID_ARGUMENT, with google.rpc.BadRequest naming the field
+    MalformedRequest         -> INVALID_ARGUMENT "malformed request: ..." (bytes that do not
+                                decode; server/decoding.py raises it, no field to name)
     database unreachable,
     shutting down, deadlock  -> UNAVAILABLE (safe to retry)
     anything else            -> INTERNAL (logged with its traceback)
@@ -10,7 +12,10 @@
                                 (server/rate_limits.py, before the handler)
 
 Handlers raise; `grpc_errors` wraps each handler and answers with the status. Interceptors
-that turn a call away answer with `refusing`, or `refusing_with_status` for a rich status.
+that turn a call away answer with `refusing`, or `refusing_with_status` for a rich status,
+or `abort_malformed` for a request that did not decode. Failures of the caller's making
+are logged at DEBUG at most (the access log has the call's status); only INTERNAL carries
+a traceback.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -37,6 +42,21 @@ R = TypeVar("R")
 S = TypeVar("S")
 
 
+ECHOED_CHARACTERS = 40
+"""Most characters of a caller's value that an error message repeats."""
+
+_MAX_DESCRIPTION = 500
+"""Most characters of one field violation's description: statuses travel in trailers,
+which a client refuses past 8 KiB by default (each description is sent twice there)."""
+
+
+def echo(value: str) -> str:
+    """`value` quoted for an error message; only its first ECHOED_CHARACTERS when longer."""
+    if len(value) <= ECHOED_CHARACTERS:
+        return repr(value)
+    return f"{value[:ECHOED_CHARACTERS]!r}... ({len(value)} characters)"
+
+
 @dataclass(frozen=True)
 class FieldViolation:
     """One invalid field of a request: its name (dotted path) and why."""
@@ -49,8 +69,25 @@ class InvalidArgument(Exception):
     """A request field is invalid; answered with INVALID_ARGUMENT naming the field."""
 
     def __init__(self, field: str, description: str) -> None:
+        if len(description) > _MAX_DESCRIPTION:
+            description = description[: _MAX_DESCRIPTION - 3] + "..."
         super().__init__(f"{field}: {description}")
         self.violations = [FieldViolation(field, description)]
+
+
+class MalformedRequest(Exception):
+    """Request bytes that are not an encoding of the method's request message.
+
+    Answered with INVALID_ARGUMENT and the exception's message, which starts with
+    "malformed request: "; there is no field to name.
+    """
+
+
+async def abort_malformed(context: grpc.aio.ServicerContext, exc: MalformedRequest) -> NoReturn:
+    """Answer a request that did not decode: INVALID_ARGUMENT, and a DEBUG line, no traceback."""
+    log.debug("%s", exc)
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    raise AssertionError("unreachable: abort raises")
 
 
 def invalid_argument_status(violations: list[FieldViolation]) -> grpc.Status:
@@ -107,6 +144,8 @@ def grpc_errors(
             return await handler(self, *args, **kwargs)
         except InvalidArgument as exc:
             await context.abort_with_status(invalid_argument_status(exc.violations))
+        except MalformedRequest as exc:
+            await abort_malformed(context, exc)
         except UNAVAILABLE_ERRORS as exc:
             log.warning("%s: database unavailable: %r", handler.__name__, exc)
             await context.abort(

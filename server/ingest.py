@@ -7,7 +7,6 @@ erasure (see `erasure`), so a replayed stream cannot bring an erased learner bac
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass, field
@@ -143,7 +142,8 @@ async def record_stream(
     While one batch is being stored the next is read and validated, so at most
     two batches are held in memory whatever the stream's length. A batch being
     stored is shielded: when the call fails or is cancelled it still commits,
-    so nothing received before the failure is lost. A message's invalid events
+    so nothing received before the failure is lost. When that batch fails to
+    commit, its failure is what the stream fails with. A message's invalid events
     are counted with its stored batch, so that errors stay in stream order with
     the events the batch refused.
     """
@@ -170,9 +170,14 @@ async def record_stream(
         if storing is not None:
             tally.add(await asyncio.shield(storing), invalid)
             storing = None
-    except BaseException:
+    except BaseException as exc:
         if storing is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.shield(storing)
+            except Exception as failure:
+                # A stream that fails (a malformed message, say) after a batch that could not
+                # commit fails as that batch did, so its status never hides lost events.
+                if isinstance(exc, Exception):
+                    raise failure from exc
         raise
     return tally

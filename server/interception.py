@@ -9,18 +9,27 @@ from typing import Any
 
 import grpc
 
-__all__ = ["Behavior", "ServiceInterceptor", "final_code", "with_behavior"]
+__all__ = ["Behavior", "Deserializer", "ServiceInterceptor", "final_code", "with_behavior"]
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 """What a method handler runs: (request or request iterator, context) -> response."""
 
+Deserializer = Callable[[bytes], Any]
+"""What turns one request message's bytes into the request a behavior gets."""
+
 
 def with_behavior(
-    handler: grpc.RpcMethodHandler, wrap: Callable[[Behavior], Behavior]
+    handler: grpc.RpcMethodHandler,
+    wrap: Callable[[Behavior], Behavior],
+    *,
+    request_deserializer: Deserializer | None = None,
 ) -> grpc.RpcMethodHandler:
-    """A handler of the same kind and codecs as `handler` that runs `wrap(its behavior)`."""
+    """A handler of the same kind and codecs as `handler` that runs `wrap(its behavior)`.
+
+    `request_deserializer`, when given, decodes the requests instead of the handler's own.
+    """
     codecs = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": request_deserializer or handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:

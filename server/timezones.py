@@ -9,13 +9,13 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from daily_aggregator.server.calendar import ZoneRules
-from daily_aggregator.server.errors import InvalidArgument
+from daily_aggregator.server.errors import InvalidArgument, echo
 from daily_aggregator.server.queries import query
 
 _MARGIN = timedelta(days=40)
 """Buckets reach past a range by up to a month: rules are loaded this much further."""
 
-_OFFSET = re.compile(r"([+-])(\d{2}):(\d{2})")
+_OFFSET = re.compile(r"([+-])([0-9]{2}):([0-9]{2})")
 MAX_OFFSET_HOURS = 14
 
 
@@ -53,14 +53,16 @@ class TimeZones:
         if match:
             sign, hours, minutes = match[1], int(match[2]), int(match[3])
             if minutes > 59 or hours * 60 + minutes > MAX_OFFSET_HOURS * 60:
-                raise InvalidArgument(field, f"offset {name!r} is out of range -14:00 to +14:00")
+                raise InvalidArgument(
+                    field, f"offset {echo(name)} is out of range -14:00 to +14:00"
+                )
             flipped = "-" if sign == "+" else "+"
             return TimeZone(name, f"{flipped}{hours:02d}:{minutes:02d}")
         if name in self._names:
             return TimeZone(name, name)
         raise InvalidArgument(
             field,
-            f"unknown time zone {name!r}: use an IANA name such as 'Asia/Tokyo' "
+            f"unknown time zone {echo(name)}: use an IANA name such as 'Asia/Tokyo' "
             "or an offset such as '+09:00'",
         )
 

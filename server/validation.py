@@ -29,6 +29,10 @@ _WORD_COUNT = attrgetter("word_count")
 _STUDY_SECONDS = attrgetter("study_seconds")
 _COUNTRY_OF = attrgetter("country")
 
+ECHOED_KEY_CHARACTERS = 64
+"""Most characters of a rejected event's idempotency key that its description repeats, so
+that a response describing 100 rejections stays small whatever was sent."""
+
 UUID_REASON = "must be a UUID such as 123e4567-e89b-12d3-a456-426614174000"
 COUNTRY_CODE_REASON = "must be an ISO 3166-1 alpha-2 code of two upper-case letters A-Z"
 COUNTRY_REASON = f"must be empty or {COUNTRY_CODE_REASON.removeprefix('must be ')}"
@@ -36,7 +40,10 @@ COUNTRY_REASON = f"must be empty or {COUNTRY_CODE_REASON.removeprefix('must be '
 
 @dataclass(frozen=True)
 class Rejection:
-    """Why the event at stream position `index` was not stored."""
+    """Why the event at stream position `index` was not stored.
+
+    `idempotency_key` is the event's as sent, cut to ECHOED_KEY_CHARACTERS.
+    """
 
     index: int
     idempotency_key: str
@@ -142,7 +149,8 @@ def validate(
     for offset, event in enumerate(events):
         problem = _problem(event, now_us)
         if problem is not None:
-            rejections.append(Rejection(first_index + offset, event.idempotency_key, *problem))
+            key = event.idempotency_key[:ECHOED_KEY_CHARACTERS]
+            rejections.append(Rejection(first_index + offset, key, *problem))
             continue
         given = event.HasField("occurred_at")
         valid.user_ids.append(event.user_id)

@@ -91,6 +91,9 @@ class AggregatorServiceServicer:
 
         Status codes:
         - OK: the stream was processed; see the response counts.
+        - INVALID_ARGUMENT: a stream message did not decode as a RecordEventsRequest
+        ("malformed request: stream message N (counting from 0): ..."). Batches
+        received before it are committed; nothing after it is read.
         - RESOURCE_EXHAUSTED: one stream message exceeded the server's message size
         limit (4 MiB by default, --max-message-bytes). Batches received before it
         are committed; resend the rest in smaller messages.
