@@ -49,14 +49,14 @@ class RunningServer:
 
     server: grpc.aio.Server
     port: int
-    health: health.HealthServicer
+    health: health.aio.HealthServicer
     folder: Folder
     folding: asyncio.Task[None]
 
     async def stop(self, grace: float | None) -> None:
         """Report NOT_SERVING, stop accepting RPCs, let in-flight ones finish within `grace`,
         then stop folding (a fold cut short rolls back and is done again later)."""
-        self.health.enter_graceful_shutdown()
+        await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         self.folding.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -92,7 +92,9 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
     aggregator_pb2_grpc.add_AggregatorServiceServicer_to_server(
         AggregatorService(pool, zones), server
     )
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    # The asyncio servicer: the threaded one keeps an open Watch blocked in a thread that
+    # nothing wakes, so the process could not exit after the server stopped.
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
@@ -113,7 +115,7 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
     folder = Folder(pool, idle_seconds=settings.fold_idle_seconds)
     folding = asyncio.create_task(folder.run(), name="folder")
     for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server, port, health_servicer, folder, folding)
 
 
