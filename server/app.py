@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from daily_aggregator.server.access_log import AccessLogInterceptor
 from daily_aggregator.server.auth import BearerTokenInterceptor, read_tokens
 from daily_aggregator.server.config import Settings
+from daily_aggregator.server.connections import server_options
 from daily_aggregator.server.database import (
     CONNECTION_ERRORS,
     create_pool,
@@ -86,6 +87,7 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            *server_options(settings),
         ],
     )
     zones = await TimeZones.load(pool)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_CONNECTION_AGE_SECONDS = 300.0
+DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS = 600.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -66,6 +68,14 @@ class Settings:
 
     tls_key: Path | None = None
     """PEM private key of `tls_cert`."""
+
+    max_connection_age_seconds: float = DEFAULT_MAX_CONNECTION_AGE_SECONDS
+    """How long a client connection may live before the server asks the client to reconnect,
+    so long-lived clients spread over workers and replicas; 0 keeps connections forever."""
+
+    max_connection_age_grace_seconds: float = DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS
+    """How long calls running on a connection past its age may go on before they are cut
+    (UNAVAILABLE); long enough for the longest RecordEvents stream a sender keeps open."""
 
     @classmethod
     def from_args(
@@ -140,6 +150,30 @@ class Settings:
             default=_path(env, "DAILY_AGGREGATOR_TLS_KEY"),
             help="the PEM private key of --tls-cert (env DAILY_AGGREGATOR_TLS_KEY)",
         )
+        parser.add_argument(
+            "--max-connection-age-seconds",
+            type=float,
+            default=float(
+                env.get(
+                    "DAILY_AGGREGATOR_MAX_CONNECTION_AGE_SECONDS",
+                    DEFAULT_MAX_CONNECTION_AGE_SECONDS,
+                )
+            ),
+            help="ask clients to reconnect after this long, so they spread over workers and "
+            "replicas; 0 never (env DAILY_AGGREGATOR_MAX_CONNECTION_AGE_SECONDS; default 300)",
+        )
+        parser.add_argument(
+            "--max-connection-age-grace-seconds",
+            type=float,
+            default=float(
+                env.get(
+                    "DAILY_AGGREGATOR_MAX_CONNECTION_AGE_GRACE_SECONDS",
+                    DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS,
+                )
+            ),
+            help="how long calls on an aged connection may still run "
+            "(env DAILY_AGGREGATOR_MAX_CONNECTION_AGE_GRACE_SECONDS; default 600)",
+        )
         args = parser.parse_args(argv)
         if args.max_message_bytes < 1024:
             parser.error("--max-message-bytes must be at least 1024")
@@ -147,6 +181,8 @@ class Settings:
             parser.error(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
         if (args.tls_cert is None) != (args.tls_key is None):
             parser.error("--tls-cert and --tls-key go together")
+        if args.max_connection_age_seconds < 0 or args.max_connection_age_grace_seconds < 0:
+            parser.error("connection ages cannot be negative")
         return cls(
             listen=args.listen,
             database_url=args.database_url,
@@ -158,6 +194,8 @@ class Settings:
             tokens_file=args.tokens_file,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            max_connection_age_seconds=args.max_connection_age_seconds,
+            max_connection_age_grace_seconds=args.max_connection_age_grace_seconds,
         )
 
 
