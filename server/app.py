@@ -64,12 +64,16 @@ class RunningServer:
             await self.folding
 
 
-async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
+async def start_server(
+    pool: asyncpg.Pool, settings: Settings, *, reuse_port: bool = False
+) -> RunningServer:
     """Start AggregatorService with health checking and reflection on `settings.listen`.
 
     Bind port 0 to get a free port; the bound port is returned. With `settings.tokens_file`
     every AggregatorService call needs one of its bearer tokens; with `settings.tls_cert`
-    the port speaks TLS.
+    the port speaks TLS. With `reuse_port` the port is bound with SO_REUSEPORT, so the
+    other workers of one service can bind it too (server/workers.py keeps strangers out);
+    without it, a port anyone else has bound is refused.
 
     Raises:
         StartupError: the address is taken, or the tokens or TLS files cannot be used.
@@ -86,7 +90,7 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
         interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
             *server_options(settings),
         ],
     )
@@ -131,8 +135,14 @@ def _tls_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
 
 
 @contextlib.asynccontextmanager
-async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    """A migrated pool on `settings.database_url`, or on an embedded PostgreSQL when it is None."""
+async def postgres(settings: Settings) -> AsyncIterator[str]:
+    """The DSN of a PostgreSQL that answers: `settings.database_url`, or when it is None an
+    embedded PostgreSQL in `settings.data_dir`, started here and stopped when the block ends.
+
+    Raises:
+        StartupError: the embedded PostgreSQL cannot start, or PostgreSQL does not answer
+            within `settings.database_patience`.
+    """
     async with contextlib.AsyncExitStack() as stack:
         dsn = settings.database_url
         if dsn is None:
@@ -151,19 +161,54 @@ async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
             await wait_for_database(dsn, patience=settings.database_patience)
         except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             raise StartupError(f"cannot use PostgreSQL: {exc}") from exc
+        yield dsn
+
+
+async def apply_migrations(conn: asyncpg.Connection) -> None:
+    """Bring the schema up to date, logging what was applied."""
+    applied = await migrate(conn)
+    if applied:
+        log.info("applied migrations %s", applied)
+
+
+@contextlib.asynccontextmanager
+async def database(settings: Settings, *, migrations: bool = True) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on `settings.database_url`, or on an embedded PostgreSQL when it is None,
+    migrated first unless `migrations` is False (a worker, whose supervisor migrated)."""
+    async with postgres(settings) as dsn:
         pool = await create_pool(
             dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size
         )
-        stack.push_async_callback(pool.close)
-        async with pool.acquire() as conn:
-            applied = await migrate(conn)
-        if applied:
-            log.info("applied migrations %s", applied)
-        yield pool
+        try:
+            if migrations:
+                async with pool.acquire() as conn:
+                    await apply_migrations(conn)
+            yield pool
+        finally:
+            await pool.close()
+
+
+def configure_logging(settings: Settings) -> None:
+    """Log to stderr from `settings.log_level` up; with several workers every line also
+    names the process that wrote it, the supervisor's or a worker's pid."""
+    process = " [%(process)d]" if settings.workers > 1 else ""
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s{process} %(name)s: %(message)s",
+    )
 
 
 async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    """Run until SIGTERM or SIGINT, then shut down gracefully.
+
+    With `settings.workers` above 1 this process supervises that many worker processes
+    (server/workers.py) instead of serving itself.
+    """
+    if settings.workers > 1:
+        from daily_aggregator.server.workers import supervise  # it builds on this module
+
+        await supervise(settings)
+        return
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

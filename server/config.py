@@ -69,6 +69,11 @@ class Settings:
     tls_key: Path | None = None
     """PEM private key of `tls_cert`."""
 
+    workers: int = 1
+    """Server processes sharing the port (SO_REUSEPORT) and the database. 1 serves from this
+    process; more starts a supervisor that runs them, restarts any that dies and drains them
+    all on SIGTERM/SIGINT (see server/workers.py)."""
+
     max_connection_age_seconds: float = DEFAULT_MAX_CONNECTION_AGE_SECONDS
     """How long a client connection may live before the server asks the client to reconnect,
     so long-lived clients spread over workers and replicas; 0 keeps connections forever."""
@@ -151,6 +156,13 @@ class Settings:
             help="the PEM private key of --tls-cert (env DAILY_AGGREGATOR_TLS_KEY)",
         )
         parser.add_argument(
+            "--workers",
+            type=int,
+            default=int(env.get("DAILY_AGGREGATOR_WORKERS", 1)),
+            help="server processes sharing the port and the database; one per core left "
+            "after PostgreSQL's share (env DAILY_AGGREGATOR_WORKERS; default 1)",
+        )
+        parser.add_argument(
             "--max-connection-age-seconds",
             type=float,
             default=float(
@@ -181,6 +193,10 @@ class Settings:
             parser.error(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
         if (args.tls_cert is None) != (args.tls_key is None):
             parser.error("--tls-cert and --tls-key go together")
+        if args.workers < 1:
+            parser.error("--workers must be at least 1")
+        if args.workers > 1 and args.listen.startswith("unix:"):
+            parser.error("--workers above 1 needs a TCP --listen address")
         if args.max_connection_age_seconds < 0 or args.max_connection_age_grace_seconds < 0:
             parser.error("connection ages cannot be negative")
         return cls(
@@ -194,6 +210,7 @@ class Settings:
             tokens_file=args.tokens_file,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            workers=args.workers,
             max_connection_age_seconds=args.max_connection_age_seconds,
             max_connection_age_grace_seconds=args.max_connection_age_grace_seconds,
         )

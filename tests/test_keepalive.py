@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from daily_aggregator.client._channel import KEEPALIVE_OPTIONS, channel_options
 from daily_aggregator.server.config import Settings
 from daily_aggregator.server.connections import server_options
@@ -39,3 +41,27 @@ def test_connection_age_comes_from_the_flags_and_zero_keeps_connections() -> Non
     )
     forever = Settings.from_args([], env={"DAILY_AGGREGATOR_MAX_CONNECTION_AGE_SECONDS": "0"})
     assert "grpc.max_connection_age_ms" not in dict(server_options(forever))
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["--workers", "0"], "--workers must be at least 1"),
+        (["--workers", "2", "--listen", "unix:/tmp/da.sock"], "needs a TCP --listen address"),
+    ],
+)
+def test_worker_counts_that_cannot_work_are_usage_errors(
+    argv: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        Settings.from_args(argv, env={})
+    assert exited.value.code == 2
+    assert error in capsys.readouterr().err
+
+
+def test_workers_come_from_the_flag_or_the_environment() -> None:
+    assert Settings.from_args([], env={}).workers == 1
+    assert Settings.from_args([], env={"DAILY_AGGREGATOR_WORKERS": "3"}).workers == 3
+    assert (
+        Settings.from_args(["--workers", "4"], env={"DAILY_AGGREGATOR_WORKERS": "3"}).workers == 4
+    )

@@ -92,16 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve_command(argv: Sequence[str]) -> int:
     """`daily-aggregator serve FLAGS`: run the service until SIGTERM or SIGINT."""
-    import logging
-
     # The server, asyncpg and PostgreSQL tooling load only for this command.
-    from daily_aggregator.server.app import StartupError, serve
+    from daily_aggregator.server.app import StartupError, configure_logging, serve
     from daily_aggregator.server.config import Settings
 
     settings = Settings.from_args(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings)
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(settings))
