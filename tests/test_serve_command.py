@@ -16,6 +16,7 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
@@ -272,3 +273,20 @@ async def test_a_home_that_cannot_be_written_is_one_line_and_exit_1(tmp_path: Pa
         f" directory {home}/.local/share/daily-aggregator: Not a directory; choose another"
         " directory with --data-dir or DAILY_AGGREGATOR_DATA_DIR"
     ]
+
+
+async def test_an_open_health_watch_sees_not_serving_and_does_not_hold_the_exit(
+    database_url: str,
+) -> None:
+    async with (
+        serve("--database-url", database_url, "--grace-seconds", "1") as service,
+        grpc.aio.insecure_channel(service.target) as channel,
+    ):
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        before = (await watch.read()).status
+        service.process.send_signal(signal.SIGTERM)
+        during = (await watch.read()).status
+        # The watch stays open: the grace period ends it, and the process exits.
+        assert await asyncio.wait_for(service.process.wait(), 30) == 0
+    assert before == health_pb2.HealthCheckResponse.SERVING
+    assert during == health_pb2.HealthCheckResponse.NOT_SERVING
