@@ -159,7 +159,7 @@ class _Assignment:
 
 
 class _WorkerFailed(Exception):
-    """A worker exited before it served."""
+    """A worker could not be started, or exited before it served."""
 
 
 class _Worker:
