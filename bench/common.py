@@ -48,8 +48,8 @@ async def postgres_server(database_url: str | None) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def service_process(database_url: str) -> AsyncIterator[str]:
-    """Run `daily-aggregator serve` on a free port and yield its target."""
+async def service_process(database_url: str, *args: str) -> AsyncIterator[str]:
+    """Run `daily-aggregator serve ARGS` on a free port and yield its target."""
     command = str(Path(sys.executable).parent / "daily-aggregator")
     process = await asyncio.create_subprocess_exec(
         command,
@@ -58,6 +58,7 @@ async def service_process(database_url: str) -> AsyncIterator[str]:
         "127.0.0.1:0",
         "--database-url",
         database_url,
+        *args,
         stderr=asyncio.subprocess.PIPE,
     )
     assert process.stderr is not None

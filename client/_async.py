@@ -9,6 +9,7 @@ from typing import Any, Self
 
 import grpc
 
+from daily_aggregator.client._channel import channel_options
 from daily_aggregator.client._convert import (
     DIMENSIONS,
     GRANULARITIES,
@@ -76,7 +77,8 @@ class AsyncClient:
         timeout: Deadline of each call in seconds; None for no deadline.
         retry: How to retry failed calls.
         options: Extra gRPC channel options, such as
-            ``("grpc.max_reconnect_backoff_ms", 2000)``.
+            ``("grpc.max_reconnect_backoff_ms", 2000)``; they replace the keepalive
+            options the channel starts from (`client/_channel.py`) by name.
     """
 
     def __init__(
@@ -96,9 +98,11 @@ class AsyncClient:
             (("authorization", f"Bearer {token}"),) if token is not None else ()
         )
         if credentials is None:
-            self._channel = grpc.aio.insecure_channel(target, options=list(options))
+            self._channel = grpc.aio.insecure_channel(target, options=channel_options(options))
         else:
-            self._channel = grpc.aio.secure_channel(target, credentials, options=list(options))
+            self._channel = grpc.aio.secure_channel(
+                target, credentials, options=channel_options(options)
+            )
         self._stub = aggregator_pb2_grpc.AggregatorServiceStub(self._channel)
 
     async def __aenter__(self) -> Self:

@@ -15,11 +15,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from daily_aggregator.server import metrics
+from daily_aggregator.server import logs, metrics
 from daily_aggregator.server.access import TokenRegistry, TokensFileError, read_tokens
 from daily_aggregator.server.access_log import AccessLogInterceptor
 from daily_aggregator.server.auth import BearerTokenInterceptor
 from daily_aggregator.server.config import Settings
+from daily_aggregator.server.connections import server_options
 from daily_aggregator.server.database import (
     CONNECTION_ERRORS,
     create_pool,
@@ -61,7 +62,7 @@ class RunningServer:
 
     server: grpc.aio.Server
     port: int
-    health: health.HealthServicer
+    health: health.aio.HealthServicer
     folder: Folder
     folding: asyncio.Task[None]
     metrics_port: int | None = None
@@ -73,7 +74,7 @@ class RunningServer:
         """Report NOT_SERVING, stop accepting RPCs, let in-flight ones finish within `grace`,
         then stop folding (a fold cut short rolls back and is done again later), serving
         metrics and tracing (the spans not yet sent are sent)."""
-        self.health.enter_graceful_shutdown()
+        await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         self.folding.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -81,7 +82,9 @@ class RunningServer:
         await self.telemetry.aclose()
 
 
-async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
+async def start_server(
+    pool: asyncpg.Pool, settings: Settings, *, reuse_port: bool = False, serve_metrics: bool = True
+) -> RunningServer:
     """Start AggregatorService with health checking and reflection on `settings.listen`.
 
     Bind port 0 to get a free port; the bound port is returned. With `settings.tokens_file`
@@ -90,7 +93,10 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
     `settings.tls_client_ca` it also requires client certificates that CA signed. With
     `settings.metrics_listen` calls are counted and served as Prometheus metrics; with
     `settings.otlp_endpoint` they are traced (their SQL statements too when `pool` comes
-    from `database`, which watches its statements).
+    from `database`, which watches its statements); with `serve_metrics` false they are
+    counted but served by the workers' supervisor. With `reuse_port` the port is bound with
+    SO_REUSEPORT, so the other workers of one service can bind it too (server/workers.py
+    keeps strangers out); without it, a port anyone else has bound is refused.
 
     Raises:
         StartupError: an address is taken, the tokens or TLS files cannot be used, or
@@ -98,14 +104,18 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
     """
     telemetry = contextlib.AsyncExitStack()
     try:
-        return await _start_server(pool, settings, telemetry)
+        return await _start_server(pool, settings, telemetry, reuse_port, serve_metrics)
     except BaseException:
         await telemetry.aclose()
         raise
 
 
 async def _start_server(
-    pool: asyncpg.Pool, settings: Settings, telemetry: contextlib.AsyncExitStack
+    pool: asyncpg.Pool,
+    settings: Settings,
+    telemetry: contextlib.AsyncExitStack,
+    reuse_port: bool,
+    serve_metrics: bool,
 ) -> RunningServer:
     prefix = f"/{SERVICE_NAME}/"
     credentials = _tls_credentials(settings)
@@ -132,14 +142,17 @@ async def _start_server(
         interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+            *server_options(settings),
         ],
     )
     zones = await TimeZones.load(pool)
     aggregator_pb2_grpc.add_AggregatorServiceServicer_to_server(
         AggregatorService(pool, zones), server
     )
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    # The asyncio servicer: the threaded one keeps an open Watch blocked in a thread that
+    # nothing wakes, so the process could not exit after the server stopped.
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
@@ -154,11 +167,11 @@ async def _start_server(
             f"cannot listen on {settings.listen}: address in use or invalid"
         ) from exc
     folder = Folder(pool, idle_seconds=settings.fold_idle_seconds)
-    metrics_port = await _serve_metrics(settings, pool, folder, telemetry)
+    metrics_port = await _serve_metrics(settings, pool, folder, telemetry, serve_metrics)
     await server.start()
     folding = asyncio.create_task(folder.run(), name="folder")
     for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server, port, health_servicer, folder, folding, metrics_port, telemetry)
 
 
@@ -181,11 +194,19 @@ def _telemetry(
 
 
 async def _serve_metrics(
-    settings: Settings, pool: asyncpg.Pool, folder: Folder, telemetry: contextlib.AsyncExitStack
+    settings: Settings,
+    pool: asyncpg.Pool,
+    folder: Folder,
+    telemetry: contextlib.AsyncExitStack,
+    serve: bool,
 ) -> int | None:
-    """Serve /metrics, with `pool`'s and `folder`'s gauges, until `telemetry` closes; return
-    the bound port, or None when `settings` asks for no metrics."""
+    """Keep `pool`'s and `folder`'s gauges and serve /metrics (unless `serve` is false: a
+    worker's supervisor serves) until `telemetry` closes; return the bound port, or None
+    when nothing is served."""
     if settings.metrics_listen is None:
+        return None
+    if not serve:
+        await telemetry.enter_async_context(watch(pool, folder))
         return None
     try:
         endpoint = MetricsEndpoint.start(settings.metrics_listen)
@@ -225,8 +246,14 @@ def _tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 
 @contextlib.asynccontextmanager
-async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    """A migrated pool on `settings.database_url`, or on an embedded PostgreSQL when it is None."""
+async def postgres(settings: Settings) -> AsyncIterator[str]:
+    """The DSN of a PostgreSQL that answers: `settings.database_url`, or when it is None an
+    embedded PostgreSQL in `settings.data_dir`, started here and stopped when the block ends.
+
+    Raises:
+        StartupError: the embedded PostgreSQL cannot start, or PostgreSQL does not answer
+            within `settings.database_patience`.
+    """
     async with contextlib.AsyncExitStack() as stack:
         dsn = settings.database_url
         if dsn is None:
@@ -245,6 +272,21 @@ async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
             await wait_for_database(dsn, patience=settings.database_patience)
         except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             raise StartupError(f"cannot use PostgreSQL: {exc}") from exc
+        yield dsn
+
+
+async def apply_migrations(conn: asyncpg.Connection) -> None:
+    """Bring the schema up to date, logging what was applied."""
+    applied = await migrate(conn)
+    if applied:
+        log.info("applied migrations %s", applied)
+
+
+@contextlib.asynccontextmanager
+async def database(settings: Settings, *, migrations: bool = True) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on `settings.database_url`, or on an embedded PostgreSQL when it is None,
+    migrated first unless `migrations` is False (a worker, whose supervisor migrated)."""
+    async with postgres(settings) as dsn:
         pool = await create_pool(
             dsn,
             min_size=settings.pool_min_size,
@@ -252,29 +294,45 @@ async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
             # Tracing times each statement; without it the connections do nothing extra.
             init=watch_statements if settings.otlp_endpoint is not None else None,
         )
-        stack.push_async_callback(pool.close)
-        async with pool.acquire() as conn:
-            applied = await migrate(conn)
-        if applied:
-            log.info("applied migrations %s", applied)
-        yield pool
+        try:
+            if migrations:
+                async with pool.acquire() as conn:
+                    await apply_migrations(conn)
+            yield pool
+        finally:
+            await pool.close()
+
+
+def configure_logging(settings: Settings) -> None:
+    """Log to stderr from `settings.log_level` up in `settings.log_format`; with several
+    workers every line also names the process that wrote it, the supervisor's or a worker's."""
+    logs.configure(settings.log_level, settings.log_format, processes=settings.workers > 1)
 
 
 async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    """Run until SIGTERM or SIGINT, then shut down gracefully.
+
+    With `settings.workers` above 1 this process supervises that many worker processes
+    (server/workers.py) instead of serving itself.
+    """
     if settings.otlp_endpoint is not None:
         try:
             require_sdk()  # before PostgreSQL starts, not after
         except TracingUnavailable as exc:
             raise StartupError(str(exc)) from exc
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
     # A bad tokens or TLS file is reported at once, not after waiting for PostgreSQL;
     # start_server reads them again.
     _token_registry(settings.tokens_file)
     _tls_credentials(settings)
+    if settings.workers > 1:
+        from daily_aggregator.server.workers import supervise  # it builds on this module
+
+        await supervise(settings)
+        return
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
     async with database(settings) as pool:
         running = await start_server(pool, settings)
         log.info("serving %s on port %d", SERVICE_NAME, running.port)

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_CONNECTION_AGE_SECONDS = 300.0
+DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS = 600.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 
@@ -86,6 +88,19 @@ class Settings:
     """PEM certificates of the CA that signs client certificates: with it (and `tls_cert`)
     every connection must present a client certificate it signed (mutual TLS). None asks
     clients for no certificate."""
+
+    workers: int = 1
+    """Server processes sharing the port (SO_REUSEPORT) and the database. 1 serves from this
+    process; more starts a supervisor that runs them, restarts any that dies and drains them
+    all on SIGTERM/SIGINT (see server/workers.py)."""
+
+    max_connection_age_seconds: float = DEFAULT_MAX_CONNECTION_AGE_SECONDS
+    """How long a client connection may live before the server asks the client to reconnect,
+    so long-lived clients spread over workers and replicas; 0 keeps connections forever."""
+
+    max_connection_age_grace_seconds: float = DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS
+    """How long calls running on a connection past its age may go on before they are cut
+    (UNAVAILABLE); long enough for the longest RecordEvents stream a sender keeps open."""
 
     @classmethod
     def from_args(
@@ -190,6 +205,37 @@ class Settings:
             help="require a client certificate signed by the CA in this PEM file (mutual "
             "TLS; needs --tls-cert and --tls-key; env DAILY_AGGREGATOR_TLS_CLIENT_CA)",
         )
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=int(env.get("DAILY_AGGREGATOR_WORKERS", 1)),
+            help="server processes sharing the port and the database; one per core left "
+            "after PostgreSQL's share (env DAILY_AGGREGATOR_WORKERS; default 1)",
+        )
+        parser.add_argument(
+            "--max-connection-age-seconds",
+            type=float,
+            default=float(
+                env.get(
+                    "DAILY_AGGREGATOR_MAX_CONNECTION_AGE_SECONDS",
+                    DEFAULT_MAX_CONNECTION_AGE_SECONDS,
+                )
+            ),
+            help="ask clients to reconnect after this long, so they spread over workers and "
+            "replicas; 0 never (env DAILY_AGGREGATOR_MAX_CONNECTION_AGE_SECONDS; default 300)",
+        )
+        parser.add_argument(
+            "--max-connection-age-grace-seconds",
+            type=float,
+            default=float(
+                env.get(
+                    "DAILY_AGGREGATOR_MAX_CONNECTION_AGE_GRACE_SECONDS",
+                    DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS,
+                )
+            ),
+            help="how long calls on an aged connection may still run "
+            "(env DAILY_AGGREGATOR_MAX_CONNECTION_AGE_GRACE_SECONDS; default 600)",
+        )
         args = parser.parse_args(argv)
         if args.max_message_bytes < 1024:
             parser.error("--max-message-bytes must be at least 1024")
@@ -208,6 +254,12 @@ class Settings:
             parser.error("--tls-cert and --tls-key go together")
         if args.tls_client_ca is not None and args.tls_cert is None:
             parser.error("--tls-client-ca needs --tls-cert and --tls-key")
+        if args.workers < 1:
+            parser.error("--workers must be at least 1")
+        if args.workers > 1 and args.listen.startswith("unix:"):
+            parser.error("--workers above 1 needs a TCP --listen address")
+        if args.max_connection_age_seconds < 0 or args.max_connection_age_grace_seconds < 0:
+            parser.error("connection ages cannot be negative")
         return cls(
             listen=args.listen,
             database_url=args.database_url,
@@ -223,6 +275,9 @@ class Settings:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
+            workers=args.workers,
+            max_connection_age_seconds=args.max_connection_age_seconds,
+            max_connection_age_grace_seconds=args.max_connection_age_grace_seconds,
         )
 
 

@@ -15,18 +15,21 @@ from typing import Any
 
 from daily_aggregator.server.config import LOG_FORMATS
 
-__all__ = ["TEXT_FORMAT", "JsonFormatter", "configure", "failed"]
+__all__ = ["TEXT_FORMAT", "WORKERS_TEXT_FORMAT", "JsonFormatter", "configure", "failed"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 """The text line: local time, level, logger, message."""
+WORKERS_TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+"""The text line of a service with several processes: also the pid of the one writing."""
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line.
 
     ``time`` (RFC 3339, UTC, microseconds), ``level`` (``debug`` ... ``critical``),
-    ``logger`` and ``message``, then the record's ``fields``, and ``exception`` with the
-    traceback when one is logged. Values JSON cannot hold are written as their ``str``.
+    ``logger``, ``pid`` (the process writing) and ``message``, then the record's
+    ``fields``, and ``exception`` with the traceback when one is logged. Values JSON cannot
+    hold are written as their ``str``.
     """
 
     def format(self, record: logging.LogRecord) -> str:
@@ -36,11 +39,12 @@ class JsonFormatter(logging.Formatter):
             .replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,
             "message": record.getMessage(),
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, Mapping):
-            # The four keys above describe the record itself; a field never replaces them.
+            # The keys above describe the record itself; a field never replaces them.
             entry.update((k, v) for k, v in fields.items() if k not in entry)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -49,8 +53,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def configure(level: str, log_format: str) -> None:
-    """Send every logger's records at `level` or above to stderr in `log_format`.
+def configure(level: str, log_format: str, *, processes: bool = False) -> None:
+    """Send every logger's records at `level` or above to stderr in `log_format`; with
+    `processes` (a service of several worker processes) text lines also name their pid.
 
     Raises:
         ValueError: `log_format` is not one of LOG_FORMATS.
@@ -59,7 +64,9 @@ def configure(level: str, log_format: str) -> None:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}")
     handler = logging.StreamHandler()
     handler.setFormatter(
-        JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+        JsonFormatter()
+        if log_format == "json"
+        else logging.Formatter(WORKERS_TEXT_FORMAT if processes else TEXT_FORMAT)
     )
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.captureWarnings(True)  # warnings too come out in the chosen format

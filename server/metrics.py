@@ -190,14 +190,15 @@ def rate_limited(token_name: str, limit: str) -> None:
     _RATE_LIMITED.labels(token_name, limit).inc()
 
 
-def process_exited(pid: int) -> None:
-    """In multiprocess mode, forget the gauges of worker `pid`, which has exited.
+def process_exited(pid: int, directory: str | None = None) -> None:
+    """Forget the gauges of worker `pid`, which has exited, in the multiprocess files of
+    `directory` (by default this process's PROMETHEUS_MULTIPROC_DIR).
 
     A supervisor of worker processes calls this for each worker that ends; in a single
-    process it does nothing.
+    process without `directory` it does nothing.
     """
-    if MULTIPROCESS:
-        multiprocess.mark_process_dead(pid)
+    if directory is not None or MULTIPROCESS:
+        multiprocess.mark_process_dead(pid, directory)
 
 
 class MetricsInterceptor(ServiceInterceptor):
@@ -355,17 +356,20 @@ class MetricsEndpoint:
         return port
 
     @classmethod
-    def start(cls, listen: str) -> MetricsEndpoint:
+    def start(cls, listen: str, *, processes_dir: str | None = None) -> MetricsEndpoint:
         """Listen on `listen` (HOST:PORT; port 0 picks a free one) and serve in the background.
+
+        With `processes_dir` it serves the sum of the processes that keep their metrics in
+        that multiprocess directory (worker processes, for their supervisor) instead.
 
         Raises:
             OSError: the address is taken or invalid.
             ValueError: multiprocess mode is on and PROMETHEUS_MULTIPROC_DIR is no directory.
         """
         host, port = _host_port(listen)
-        if MULTIPROCESS:
+        if processes_dir is not None or MULTIPROCESS:
             exposed = CollectorRegistry()
-            multiprocess.MultiProcessCollector(exposed)
+            multiprocess.MultiProcessCollector(exposed, path=processes_dir)
         else:
             exposed = REGISTRY
         serve_metrics = prometheus_client.make_wsgi_app(exposed)

@@ -19,6 +19,7 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from daily_aggregator.v1 import aggregator_pb2 as pb
@@ -392,3 +393,20 @@ async def test_with_json_logs_a_start_up_failure_is_a_json_line_too(tmp_path: Pa
     lines = [json.loads(line) for line in run.err.splitlines()]
     assert lines[-1]["level"] == "error"
     assert lines[-1]["message"].startswith("daily-aggregator serve: cannot use PostgreSQL")
+
+
+async def test_an_open_health_watch_sees_not_serving_and_does_not_hold_the_exit(
+    database_url: str,
+) -> None:
+    async with (
+        serve("--database-url", database_url, "--grace-seconds", "1") as service,
+        grpc.aio.insecure_channel(service.target) as channel,
+    ):
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        before = (await watch.read()).status
+        service.process.send_signal(signal.SIGTERM)
+        during = (await watch.read()).status
+        # The watch stays open: the grace period ends it, and the process exits.
+        assert await asyncio.wait_for(service.process.wait(), 30) == 0
+    assert before == health_pb2.HealthCheckResponse.SERVING
+    assert during == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -104,11 +104,11 @@ def serve_command(argv: Sequence[str]) -> int:
     """`daily-aggregator serve FLAGS`: run the service until SIGTERM or SIGINT."""
     # The server, asyncpg and PostgreSQL tooling load only for this command.
     from daily_aggregator.server import logs
-    from daily_aggregator.server.app import StartupError, serve
+    from daily_aggregator.server.app import StartupError, configure_logging, serve
     from daily_aggregator.server.config import Settings
 
     settings = Settings.from_args(argv)
-    logs.configure(settings.log_level, settings.log_format)
+    configure_logging(settings)
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(settings))
