@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 from collections.abc import AsyncIterator
 
@@ -82,6 +83,7 @@ def test_a_logged_error_is_one_json_line_with_its_traceback() -> None:
     assert {k: v for k, v in entry.items() if k not in ("time", "exception")} == {
         "level": "error",
         "logger": "daily_aggregator.test_logs",
+        "pid": os.getpid(),
         "message": "folding failed",
         "n": 1,
     }

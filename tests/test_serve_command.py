@@ -307,6 +307,7 @@ async def test_json_logs_are_one_object_per_line_and_access_lines_carry_their_fi
     assert {k: v for k, v in access[0].items() if k not in ("time", "peer", "duration_ms")} == {
         "level": "info",
         "logger": "daily_aggregator.access",
+        "pid": service.process.pid,
         "message": access[0]["message"],
         "method": "RecordEvents",
         "code": "OK",
