@@ -5,9 +5,12 @@
     shutting down, deadlock  -> UNAVAILABLE (safe to retry)
     anything else            -> INTERNAL (logged with its traceback)
     no accepted bearer token -> UNAUTHENTICATED (decided by server/auth.py, before the handler)
+    over a limit             -> RESOURCE_EXHAUSTED, with google.rpc.RetryInfo saying when to retry
+                                (decided by server/admission.py, before the handler)
 
 Handlers raise; `grpc_errors` wraps each handler and answers with the status. Interceptors
-that turn a call away answer with `refusing`.
+that turn a call away answer with `refusing`, or with `refusing_with_status` for a rich status
+such as `resource_exhausted_status`.
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -68,6 +71,21 @@ def invalid_argument_status(violations: list[FieldViolation]) -> grpc.Status:
     )
 
 
+def resource_exhausted_status(message: str, retry_delay: float) -> grpc.Status:
+    """A RESOURCE_EXHAUSTED status carrying google.rpc.RetryInfo with `retry_delay` seconds.
+
+    `message` should name the limit that was hit and the flag that sets it; clients that
+    honour RetryInfo wait at least `retry_delay` before they try again.
+    """
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(round(retry_delay * 1e9))
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return rpc_status.to_status(
+        status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message, details=[detail])
+    )
+
+
 def grpc_errors(
     handler: Callable[Concatenate[S, P], Awaitable[R]],
 ) -> Callable[Concatenate[S, P], Awaitable[R]]:
@@ -99,12 +117,31 @@ def grpc_errors(
     return wrapper
 
 
+class _PlainStatus(NamedTuple):
+    """A status without details, in the shape grpc.Status describes."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...] = ()
+
+
 def refusing(
     handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str
 ) -> grpc.RpcMethodHandler:
     """A handler of the same kind as `handler` that answers every call with `code`."""
+    return refusing_with_status(handler, _PlainStatus(code, details))
+
+
+def refusing_with_status(
+    handler: grpc.RpcMethodHandler, status: grpc.Status
+) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that answers every call with `status`.
+
+    It reads nothing of the call: a refused stream's messages are never received, let alone
+    stored.
+    """
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(code, details)
+        await context.abort_with_status(status)
 
     return with_behavior(handler, lambda _: refuse)
