@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from daily_aggregator.server.access_log import AccessLogInterceptor
+from daily_aggregator.server.admission import Admission
 from daily_aggregator.server.auth import BearerTokenInterceptor, read_tokens
 from daily_aggregator.server.config import Settings
 from daily_aggregator.server.database import (
@@ -45,13 +46,15 @@ class StartupError(Exception):
 
 @dataclass
 class RunningServer:
-    """A started gRPC server, the port it is bound to, its health service and its folder."""
+    """A started gRPC server, the port it is bound to, its health service, its folder and
+    its admission limits."""
 
     server: grpc.aio.Server
     port: int
     health: health.HealthServicer
     folder: Folder
     folding: asyncio.Task[None]
+    admission: Admission
 
     async def stop(self, grace: float | None) -> None:
         """Report NOT_SERVING, stop accepting RPCs, let in-flight ones finish within `grace`,
@@ -68,12 +71,16 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
 
     Bind port 0 to get a free port; the bound port is returned. With `settings.tokens_file`
     every AggregatorService call needs one of its bearer tokens; with `settings.tls_cert`
-    the port speaks TLS.
+    the port speaks TLS. Calls beyond the admission limits in `settings` are refused (see
+    server/admission.py).
 
     Raises:
-        StartupError: the address is taken, or the tokens or TLS files cannot be used.
+        StartupError: the address is taken, the tokens or TLS files cannot be used, or the
+            admission limits contradict each other.
     """
     prefix = f"/{SERVICE_NAME}/"
+    # The access log is outermost so that it also logs refusals; tokens are checked before
+    # admission, so calls without an accepted token take no slot.
     interceptors: list[grpc.aio.ServerInterceptor] = [AccessLogInterceptor(prefix)]
     if settings.tokens_file is not None:
         try:
@@ -81,13 +88,12 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
         except (OSError, ValueError) as exc:
             raise StartupError(f"cannot use the tokens file: {exc}") from exc
         interceptors.append(BearerTokenInterceptor(tokens, prefix=prefix))
-    server = grpc.aio.server(
-        interceptors=interceptors,
-        options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ],
-    )
+    try:
+        admission = Admission.from_settings(settings, on_refusal=None)
+    except ValueError as exc:
+        raise StartupError(f"cannot use the admission limits: {exc}") from exc
+    interceptors.append(admission.interceptor(prefix))
+    server = grpc.aio.server(interceptors=interceptors, options=_server_options(settings))
     zones = await TimeZones.load(pool)
     aggregator_pb2_grpc.add_AggregatorServiceServicer_to_server(
         AggregatorService(pool, zones), server
@@ -114,7 +120,31 @@ async def start_server(pool: asyncpg.Pool, settings: Settings) -> RunningServer:
     folding = asyncio.create_task(folder.run(), name="folder")
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, folder, folding)
+    return RunningServer(server, port, health_servicer, folder, folding, admission)
+
+
+def _server_options(settings: Settings) -> list[tuple[str, int]]:
+    """gRPC core options that keep what the transport buffers per stream small and fixed."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        # By default the transport grows every stream's receive window towards the measured
+        # bandwidth-delay product (4 MiB and more), so each stream, even one that is held
+        # back or being refused, may have megabytes sent to it before the service reads
+        # anything. A fixed 64 KiB window bounds that; a stream whose handler is reading
+        # still gets the window for its whole message.
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", _STREAM_WINDOW_BYTES),
+        # HTTP/2 streams per connection: enough for one client to reach every limit and be
+        # refused with a retry delay, beyond that the client waits for a free stream.
+        (
+            "grpc.max_concurrent_streams",
+            settings.max_concurrent_streams + settings.max_concurrent_queries + 16,
+        ),
+    ]
+
+
+_STREAM_WINDOW_BYTES = 64 * 1024
 
 
 def _tls_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
