@@ -1,9 +1,12 @@
-"""Admission control through a real server: stream and query limits, and the memory budget."""
+"""Admission control through a real server: stream and query limits, the memory budget, and
+the bundled client waiting out the retry delay the service asks for."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -16,6 +19,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from daily_aggregator.client import AsyncClient, Event, RetryPolicy
 from daily_aggregator.server.app import RunningServer, StartupError, start_server
 from daily_aggregator.server.config import Settings
 from daily_aggregator.v1 import aggregator_pb2 as pb
@@ -25,6 +29,8 @@ from tests.support import event, record, timestamp
 Stub = aggregator_pb2_grpc.AggregatorServiceStub
 START = datetime(2025, 6, 1, tzinfo=UTC)
 SMALL_MESSAGES = 64 * 1024
+# Quick retries, so that a client ignoring the service's retry delay would come back at once.
+EAGER = RetryPolicy(max_attempts=50, initial_backoff=0.01, max_backoff=0.05)
 
 
 @dataclasses.dataclass
@@ -271,3 +277,68 @@ def test_the_limits_come_from_flags_and_environment() -> None:
     assert (parsed.max_bytes_in_flight, parsed.memory_patience) == (64 * 1024 * 1024, 2.5)
     with pytest.raises(SystemExit):
         Settings.from_args(["--max-bytes-in-flight", str(4 * 1024 * 1024)], env={})
+
+
+def client_events(n: int) -> list[Event]:
+    user = str(uuid.uuid4())
+    at = datetime(2025, 6, 1, 12, tzinfo=UTC)
+    return [Event(user, 10, 60, occurred_at=at + timedelta(seconds=i)) for i in range(n)]
+
+
+async def test_the_client_waits_out_the_retry_delay_of_a_refused_stream_and_then_stores_it(
+    pool: asyncpg.Pool, settings: Settings
+) -> None:
+    async with serving(pool, settings, max_concurrent_streams=1) as limited:
+        refused_at: list[float] = []
+
+        def note(limit: str) -> None:
+            limited.refusals.append(limit)
+            refused_at.append(time.monotonic())
+
+        limited.running.admission.on_refusal = note
+        async with AsyncClient(limited.target, retry=EAGER) as client:
+            for send in (record_all, write_all):
+                refused_at.clear()
+                held = await open_stream(limited.stub, batch(1))
+                await until(lambda: limited.running.admission.streams.in_use == 1)
+                sending = asyncio.create_task(send(client, client_events(25)))
+                # The writer may learn of its first refusal only as a broken stream (it
+                # overtook a batch being sent); every resend then sees the status itself.
+                await until(lambda: len(refused_at) == 2)
+                await finish(held)
+                inserted = await sending
+                done_at = time.monotonic()
+                assert inserted == 25
+                assert done_at - refused_at[1] >= 0.5  # the delay the service asked for
+        assert set(limited.refusals) == {"streams"}
+        assert await stored(pool) == 2 * (25 + 1)
+
+
+async def record_all(client: AsyncClient, events: list[Event]) -> int:
+    return (await client.record(events, batch_size=10)).inserted
+
+
+async def write_all(client: AsyncClient, events: list[Event]) -> int:
+    async with client.writer(max_batch_events=10) as writer:
+        for e in events:
+            await writer.write(e)
+    return writer.totals.inserted
+
+
+async def test_the_client_waits_out_the_retry_delay_of_a_refused_query(
+    pool: asyncpg.Pool, settings: Settings, database_url: str
+) -> None:
+    async with serving(pool, settings, max_concurrent_queries=1) as limited:
+        refused_at: list[float] = []
+        limited.running.admission.on_refusal = lambda limit: refused_at.append(time.monotonic())
+        async with AsyncClient(limited.target, retry=EAGER) as client:
+            async with queries_stalled(database_url):
+                stalled = asyncio.ensure_future(limited.stub.Summary(summary_request()))
+                await until(lambda: limited.running.admission.queries.in_use == 1)
+                asking = asyncio.create_task(client.uniques(START, START + timedelta(days=1)))
+                await until(lambda: bool(refused_at))
+            answer = await asking
+            done_at = time.monotonic()
+        assert answer.unique_users == 0
+        assert len((await stalled).buckets) == 2
+        assert done_at - refused_at[0] >= 0.1
