@@ -79,8 +79,9 @@ class Settings:
     is refused with RESOURCE_EXHAUSTED and RetryInfo before anything of it is read."""
 
     max_concurrent_queries: int = DEFAULT_MAX_CONCURRENT_QUERIES
-    """Summary, Uniques and Breakdown calls in progress at once (4 x `pool_max_size` by
-    default); one more is refused with RESOURCE_EXHAUSTED and RetryInfo."""
+    """Summary, Uniques and Breakdown calls in progress at once, together; one more is
+    refused with RESOURCE_EXHAUSTED and RetryInfo. 40 by default: four per connection of
+    the default pool."""
 
     max_bytes_in_flight: int = DEFAULT_MAX_BYTES_IN_FLIGHT
     """Memory budget of ingest, in bytes of stream messages: each stream takes room for two
