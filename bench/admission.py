@@ -18,8 +18,8 @@ refusals (counted in the service's access log, and by limit as the clients saw t
 health checks, and whether the events the service acknowledged are exactly the events
 stored. Targets: peak RSS under 1 GiB, SERVING throughout, acknowledged == stored.
 
-Calls still waiting to be taken by the service's event loop after 30 s are cancelled by
-gRPC itself; they are listed as "failed otherwise".
+Streams that gRPC itself turned away before the service saw them (CANCELLED when thousands
+arrive at once over many new connections) are listed as "failed otherwise".
 """
 
 from __future__ import annotations
