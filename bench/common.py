@@ -9,6 +9,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -47,9 +48,19 @@ async def postgres_server(database_url: str | None) -> AsyncIterator[str]:
             yield embedded.dsn
 
 
+@dataclass(frozen=True)
+class Service:
+    """`daily-aggregator serve` running as a process of its own."""
+
+    target: str
+    pid: int
+    log: list[str] = field(default_factory=list)
+    """Its stderr lines once it has stopped."""
+
+
 @asynccontextmanager
-async def service_process(database_url: str, *args: str) -> AsyncIterator[str]:
-    """Run `daily-aggregator serve ARGS` on a free port and yield its target."""
+async def service(database_url: str, *args: str) -> AsyncIterator[Service]:
+    """Run `daily-aggregator serve ARGS` on a free port; stop it with SIGTERM at the end."""
     command = str(Path(sys.executable).parent / "daily-aggregator")
     process = await asyncio.create_subprocess_exec(
         command,
@@ -70,11 +81,19 @@ async def service_process(database_url: str, *args: str) -> AsyncIterator[str]:
                 raise RuntimeError(f"the service did not start:\n{log.decode()}")
             log += line
         drain = asyncio.create_task(process.stderr.read())
-        yield f"127.0.0.1:{int(match[1])}"
+        running = Service(f"127.0.0.1:{int(match[1])}", process.pid)
+        yield running
         process.send_signal(signal.SIGTERM)
         await process.wait()
-        await drain
+        running.log.extend((log + await drain).decode(errors="replace").splitlines())
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+@asynccontextmanager
+async def service_process(database_url: str, *args: str) -> AsyncIterator[str]:
+    """Run `daily-aggregator serve ARGS` on a free port and yield its target."""
+    async with service(database_url, *args) as running:
+        yield running.target

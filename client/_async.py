@@ -65,7 +65,9 @@ class AsyncClient:
 
     Every failure is raised as a `DailyAggregatorError` subclass. Queries are retried on
     UNAVAILABLE or CANCELLED (a server shutting down) per `retry`; `record` resends its whole
-    stream on those or DEADLINE_EXCEEDED, which idempotency keys make safe.
+    stream on those or DEADLINE_EXCEEDED, which idempotency keys make safe. Both also retry
+    RESOURCE_EXHAUSTED when the service says when to come back (it was at a concurrency or
+    memory limit), waiting at least that long.
 
     Args:
         target: ``host:port`` of the service.
@@ -157,6 +159,8 @@ class AsyncClient:
             ValueError: `start` or `end` is naive.
             InvalidArgumentError: The service refused a field; see `field_violations`.
             UnavailableError: The service or its database stayed unreachable.
+            ResourceExhaustedError: The service stayed at its query limit through every
+                attempt.
         """
         request = pb.SummaryRequest(
             **_range(start, end),
@@ -232,6 +236,8 @@ class AsyncClient:
             ValueError: `start` or `end` is naive.
             InvalidArgumentError: The service refused a field; see `field_violations`.
             UnavailableError: The service or its database stayed unreachable.
+            ResourceExhaustedError: The service stayed at its query limit through every
+                attempt.
         """
         request = pb.BreakdownRequest(
             **_range(start, end),
@@ -329,13 +335,14 @@ class AsyncClient:
         The result accounts for every event: received = inserted + duplicates + conflicts +
         rejected; invalid events are rejected and described in `errors` (indexes into
         `events`) while the valid ones are stored. On UNAVAILABLE, CANCELLED (a server
-        shutting down) or DEADLINE_EXCEEDED the whole stream is resent per the retry policy;
-        events committed by a failed attempt then count as duplicates. For an endless feed,
-        use `writer()`.
+        shutting down), DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED with a retry delay (the
+        service was at a limit) the whole stream is resent per the retry policy; events
+        committed by a failed attempt then count as duplicates. For an endless feed, use
+        `writer()`.
 
         Raises:
-            ResourceExhaustedError: A message was over the server's size limit; use a smaller
-                `batch_size`.
+            ResourceExhaustedError: A message was over the server's size limit (use a smaller
+                `batch_size`), or the service stayed at a limit through every attempt.
             UnavailableError: The service or its database stayed unreachable.
             DeadlineExceededError: Every attempt outlived `timeout`.
         """

@@ -1,13 +1,15 @@
 """The errors the client raises, and the one place gRPC failures become them.
 
     Exception
-     └── DailyAggregatorError          any failed call: .code, .message, .field_violations
+     └── DailyAggregatorError          any failed call: .code, .message, .field_violations,
+          │                            .retry_delay
           ├── InvalidArgumentError     INVALID_ARGUMENT: a request field is wrong
           ├── UnavailableError         UNAVAILABLE: the service or its database cannot be reached,
           │                            or the connection was lost mid-call (safe to retry)
           ├── DeadlineExceededError    DEADLINE_EXCEEDED: the call outlived its timeout
-          ├── ResourceExhaustedError   RESOURCE_EXHAUSTED: a stream message was over the size limit,
-          │                            or the token is over its queries per second
+          ├── ResourceExhaustedError   RESOURCE_EXHAUSTED: a stream message was over the size
+          │                            limit, the token is over its queries per second, or the
+          │                            service was at a limit (with .retry_delay)
           ├── UnauthenticatedError     UNAUTHENTICATED: no token, or one the service does not accept
           └── PermissionDeniedError    PERMISSION_DENIED: the token lacks the scope the call needs
 
@@ -59,6 +61,8 @@ class DailyAggregatorError(Exception):
         message: The status message sent by the service (or by gRPC itself).
         field_violations: The invalid fields, from a ``google.rpc.BadRequest`` detail;
             empty unless the service named any.
+        retry_delay: Seconds the service asked the client to wait before trying again, from
+            a ``google.rpc.RetryInfo`` detail; None when it sent none.
     """
 
     def __init__(
@@ -67,11 +71,13 @@ class DailyAggregatorError(Exception):
         *,
         code: grpc.StatusCode = grpc.StatusCode.UNKNOWN,
         field_violations: list[FieldViolation] | None = None,
+        retry_delay: float | None = None,
     ) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
         self.field_violations: list[FieldViolation] = list(field_violations or [])
+        self.retry_delay = retry_delay
 
 
 class InvalidArgumentError(DailyAggregatorError):
@@ -91,7 +97,13 @@ class DeadlineExceededError(DailyAggregatorError):
 
 class ResourceExhaustedError(DailyAggregatorError):
     """RESOURCE_EXHAUSTED: a stream message exceeded the server's message size limit, or the
-    token made more calls per second than it may."""
+    token made more calls per second than it may, or the service was at one of its limits
+    (concurrent streams or queries, memory).
+
+    In the last two cases `retry_delay` says how long to wait, and the client's retries do
+    that on their own; a message over the size limit has no `retry_delay` and fails again
+    however often it is sent.
+    """
 
 
 class UnauthenticatedError(DailyAggregatorError):
@@ -133,6 +145,7 @@ class _Status:
     code: grpc.StatusCode
     message: str
     violations: list[FieldViolation] = field(default_factory=list)
+    retry_delay: float | None = None
 
 
 def _status_of(exc: grpc.RpcError) -> _Status:
@@ -140,6 +153,7 @@ def _status_of(exc: grpc.RpcError) -> _Status:
     code: grpc.StatusCode = call.code()
     message: str = call.details() or ""
     violations: list[FieldViolation] = []
+    retry_delay: float | None = None
     try:
         status = rpc_status.from_call(call)
     except ValueError:
@@ -152,17 +166,26 @@ def _status_of(exc: grpc.RpcError) -> _Status:
                 violations.extend(
                     FieldViolation(v.field, v.description) for v in bad_request.field_violations
                 )
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry_info = error_details_pb2.RetryInfo()
+                detail.Unpack(retry_info)
+                retry_delay = max(0.0, retry_info.retry_delay.ToNanoseconds() / 1e9)
     debug: str = call.debug_error_string() if hasattr(call, "debug_error_string") else ""
     transport = f"{message}\n{debug}".lower()
     if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN) and any(
         phrase in transport for phrase in _LOST_CONNECTION
     ):
         code = grpc.StatusCode.UNAVAILABLE
-    return _Status(code, message, violations)
+    return _Status(code, message, violations, retry_delay)
 
 
 def from_rpc_error(exc: grpc.RpcError) -> DailyAggregatorError:
     """The most specific client error for a failed gRPC call."""
     status = _status_of(exc)
     kind = _BY_CODE.get(status.code, DailyAggregatorError)
-    return kind(status.message, code=status.code, field_violations=status.violations)
+    return kind(
+        status.message,
+        code=status.code,
+        field_violations=status.violations,
+        retry_delay=status.retry_delay,
+    )

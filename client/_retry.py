@@ -10,9 +10,9 @@ from typing import TypeVar
 
 import grpc
 
-from daily_aggregator.client._errors import from_rpc_error
+from daily_aggregator.client._errors import DailyAggregatorError, from_rpc_error
 
-__all__ = ["QUERY_RETRYABLE", "STREAM_RETRYABLE", "RetryPolicy", "call_with_retry"]
+__all__ = ["QUERY_RETRYABLE", "STREAM_RETRYABLE", "RetryPolicy", "call_with_retry", "retry_wait"]
 
 T = TypeVar("T")
 
@@ -20,6 +20,9 @@ T = TypeVar("T")
 # accepting them (a cancellation of our own surfaces as asyncio.CancelledError, never as a
 # status). Queries only read, so these are safe to retry; a stream is resent whole, and
 # idempotency keys make that safe after a deadline too.
+# RESOURCE_EXHAUSTED is retried too, but only when the service said when (see `retry_wait`):
+# without RetryInfo it means a message over the size limit, which fails however often it is
+# sent.
 QUERY_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 STREAM_RETRYABLE = QUERY_RETRYABLE | {grpc.StatusCode.DEADLINE_EXCEEDED}
 
@@ -63,12 +66,34 @@ class RetryPolicy:
         return base * (1 - self.jitter * random.random())
 
 
+def retry_wait(
+    policy: RetryPolicy,
+    retryable: Collection[grpc.StatusCode],
+    error: DailyAggregatorError,
+    tries: int,
+) -> float | None:
+    """Seconds to wait before trying again after `tries` attempts failed, the last with
+    `error`; None when it is not to be retried.
+
+    A code in `retryable` waits the policy's backoff. RESOURCE_EXHAUSTED with a retry delay
+    (the service was at a limit and said when to come back) waits that delay plus the
+    backoff, so clients turned away together do not all come back at the same instant.
+    """
+    if tries >= policy.max_attempts:
+        return None
+    if error.code in retryable:
+        return policy.backoff(tries)
+    if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and error.retry_delay is not None:
+        return error.retry_delay + policy.backoff(tries)
+    return None
+
+
 async def call_with_retry(
     policy: RetryPolicy,
     retryable: Collection[grpc.StatusCode],
     attempt: Callable[[], Awaitable[T]],
 ) -> T:
-    """Run `attempt` until it succeeds, retrying `retryable` failures per `policy`.
+    """Run `attempt` until it succeeds, retrying failures per `retry_wait`.
 
     Raises the client error for the last failure.
     """
@@ -78,7 +103,8 @@ async def call_with_retry(
             return await attempt()
         except grpc.RpcError as exc:
             error = from_rpc_error(exc)
-            if error.code not in retryable or tries >= policy.max_attempts:
+            wait = retry_wait(policy, retryable, error, tries)
+            if wait is None:
                 raise error from exc
-        await asyncio.sleep(policy.backoff(tries))
+        await asyncio.sleep(wait)
         tries += 1

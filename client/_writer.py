@@ -21,7 +21,7 @@ from daily_aggregator.client._convert import (
 )
 from daily_aggregator.client._errors import DailyAggregatorError, from_rpc_error
 from daily_aggregator.client._models import Event, EventError, RecordResult
-from daily_aggregator.client._retry import STREAM_RETRYABLE, RetryPolicy
+from daily_aggregator.client._retry import STREAM_RETRYABLE, RetryPolicy, retry_wait
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
 
@@ -75,14 +75,15 @@ class AsyncEventWriter:
     opens a new stream with the next batch. `on_result`, when given, is called with each
     completed stream's result, its error indexes already shifted to writer positions.
 
-    Retries: on UNAVAILABLE, CANCELLED (a server shutting down), DEADLINE_EXCEEDED or a
-    lost connection, the writer resends every event of the failed stream (the service
-    acknowledges whole streams, so that is all of the stream's events) on a new stream,
-    waiting between attempts per the client's `RetryPolicy`. That is safe because each event
-    carries its idempotency key: an event that a failed attempt had already committed comes
-    back as a *duplicate* on the resend, so the running `totals` stay exact, with every
-    event counted exactly once as inserted, duplicate, conflict or rejected. Only the
-    current stream's events are kept in memory.
+    Retries: on UNAVAILABLE, CANCELLED (a server shutting down), DEADLINE_EXCEEDED, a
+    lost connection, or RESOURCE_EXHAUSTED with a retry delay (the service was at a limit),
+    the writer resends every event of the failed stream (the service acknowledges whole
+    streams, so that is all of the stream's events) on a new stream, waiting between
+    attempts per the client's `RetryPolicy`, and at least the service's retry delay. That
+    is safe because each event carries its idempotency key: an event that a failed attempt
+    had already committed comes back as a *duplicate* on the resend, so the running `totals`
+    stay exact, with every event counted exactly once as inserted, duplicate, conflict or
+    rejected. Only the current stream's events are kept in memory.
 
     When a stream fails for good (retries exhausted, or a status that is not retryable), the
     writer raises that error from the call in progress and from every later call; its events
@@ -300,11 +301,12 @@ class AsyncEventWriter:
     async def _resend(self, stream: _Stream, failure: grpc.RpcError) -> None:
         while True:
             error = from_rpc_error(failure)
-            if error.code not in STREAM_RETRYABLE or stream.attempts >= self._retry.max_attempts:
+            wait = retry_wait(self._retry, STREAM_RETRYABLE, error, stream.attempts)
+            if wait is None:
                 self._fail(stream, error)
                 raise error from failure
             log.debug("resending %d events after %s", stream.events, error)
-            await asyncio.sleep(self._retry.backoff(stream.attempts))
+            await asyncio.sleep(wait)
             stream.attempts += 1
             try:
                 response: pb.RecordEventsResponse = await self._stub.RecordEvents(

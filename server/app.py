@@ -9,6 +9,7 @@ import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -18,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from daily_aggregator.server import logs, metrics
 from daily_aggregator.server.access import TokenRegistry, TokensFileError, read_tokens
 from daily_aggregator.server.access_log import AccessLogInterceptor
+from daily_aggregator.server.admission import Admission
 from daily_aggregator.server.auth import BearerTokenInterceptor
 from daily_aggregator.server.config import Settings
 from daily_aggregator.server.connections import server_options
@@ -58,13 +60,15 @@ class StartupError(Exception):
 
 @dataclass
 class RunningServer:
-    """A started gRPC server, the port it is bound to, its health service and its folder."""
+    """A started gRPC server, the port it is bound to, its health service, its folder and
+    its admission limits."""
 
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
     folder: Folder
     folding: asyncio.Task[None]
+    admission: Admission
     metrics_port: int | None = None
     """The port serving /metrics (the one picked for port 0); None without metrics."""
     telemetry: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
@@ -96,11 +100,13 @@ async def start_server(
     from `database`, which watches its statements); with `serve_metrics` false they are
     counted but served by the workers' supervisor. With `reuse_port` the port is bound with
     SO_REUSEPORT, so the other workers of one service can bind it too (server/workers.py
-    keeps strangers out); without it, a port anyone else has bound is refused.
+    keeps strangers out); without it, a port anyone else has bound is refused. Calls beyond
+    the admission limits in `settings` are refused (see server/admission.py).
 
     Raises:
-        StartupError: an address is taken, the tokens or TLS files cannot be used, or
-            tracing is asked for without the OpenTelemetry SDK.
+        StartupError: an address is taken, the tokens or TLS files cannot be used, tracing
+            is asked for without the OpenTelemetry SDK, or the admission limits contradict
+            each other.
     """
     telemetry = contextlib.AsyncExitStack()
     try:
@@ -121,30 +127,34 @@ async def _start_server(
     credentials = _tls_credentials(settings)
     registry = _token_registry(settings.tokens_file)
     # Metrics and traces come first, then the access log, so that they also see the calls
-    # the others turn away.
+    # the others turn away; tokens and rates are checked before admission, so calls turned
+    # away for them take no slot.
     interceptors: list[grpc.aio.ServerInterceptor] = [
         *_telemetry(prefix, settings, telemetry),
         AccessLogInterceptor(
             prefix, caller_name=registry.caller_name if registry is not None else None
         ),
     ]
+    counting = settings.metrics_listen is not None
     if registry is not None:
-        on_limited = metrics.rate_limited if settings.metrics_listen is not None else None
+        on_limited = metrics.rate_limited if counting else None
         limiter = RateLimiter(registry.tokens, on_limited=on_limited)
         interceptors += [
             BearerTokenInterceptor(registry, prefix=prefix),
             RateLimitInterceptor(registry, limiter, prefix=prefix),
         ]
+    try:
+        admission = Admission.from_settings(
+            settings, on_refusal=metrics.admission_refused if counting else None
+        )
+    except ValueError as exc:
+        raise StartupError(f"cannot use the admission limits: {exc}") from exc
+    interceptors.append(admission.interceptor(prefix))
     # Last, so that a refused call is refused before its bytes count, and every interceptor
     # before it sees a malformed request end as INVALID_ARGUMENT.
     interceptors.append(DecodingInterceptor(SERVICE))
     server = grpc.aio.server(
-        interceptors=interceptors,
-        options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 1 if reuse_port else 0),
-            *server_options(settings),
-        ],
+        interceptors=interceptors, options=_server_options(settings, reuse_port)
     )
     zones = await TimeZones.load(pool)
     aggregator_pb2_grpc.add_AggregatorServiceServicer_to_server(
@@ -172,7 +182,40 @@ async def _start_server(
     folding = asyncio.create_task(folder.run(), name="folder")
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, folder, folding, metrics_port, telemetry)
+    return RunningServer(
+        server, port, health_servicer, folder, folding, admission, metrics_port, telemetry
+    )
+
+
+def _server_options(settings: Settings, reuse_port: bool) -> list[tuple[str, Any]]:
+    """gRPC core options: the message size limit, the port's sharing, keepalive and
+    connection ages (server/connections.py), and what the transport buffers per stream,
+    kept small and fixed."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+        *server_options(settings),
+        # By default the transport grows every stream's receive window towards the measured
+        # bandwidth-delay product (4 MiB and more), so each stream, even one that is held
+        # back or being refused, may have megabytes sent to it before the service reads
+        # anything: 5,000 eager clients took the service to 6 GiB. A fixed window bounds
+        # that; a stream whose handler is reading still gets the window for its whole
+        # message.
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", _STREAM_WINDOW_BYTES),
+        # HTTP/2 streams per connection: enough for one client to reach every limit and be
+        # refused with a retry delay, beyond that the client waits for a free stream.
+        (
+            "grpc.max_concurrent_streams",
+            settings.max_concurrent_streams + settings.max_concurrent_queries + 16,
+        ),
+    ]
+
+
+_STREAM_WINDOW_BYTES = 256 * 1024
+"""Receive window of every HTTP/2 stream. 64 KiB (HTTP/2's default) nearly halved ingest
+throughput: a client could not send a typical batch (a few hundred KB) ahead while the
+previous one was stored. 256 KiB keeps it, and held-back streams hold 64 MiB at most."""
 
 
 def _telemetry(

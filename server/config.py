@@ -13,6 +13,13 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_CONNECTION_AGE_SECONDS = 300.0
 DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS = 600.0
+DEFAULT_POOL_MAX_SIZE = 10
+DEFAULT_MAX_CONCURRENT_STREAMS = 256
+# A query holds a pooled connection while it runs; four per connection keeps the pool busy
+# while a few more wait their turn, and refuses the rest before they queue up for seconds.
+DEFAULT_MAX_CONCURRENT_QUERIES = 4 * DEFAULT_POOL_MAX_SIZE
+DEFAULT_MAX_BYTES_IN_FLIGHT = 128 * 1024 * 1024
+DEFAULT_MEMORY_PATIENCE = 10.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 
@@ -52,7 +59,7 @@ class Settings:
     pool_min_size: int = 2
     """Connections the pool keeps open."""
 
-    pool_max_size: int = 10
+    pool_max_size: int = DEFAULT_POOL_MAX_SIZE
     """Most connections the pool opens; also the most batches committing at once."""
 
     fold_idle_seconds: float = 0.05
@@ -101,6 +108,26 @@ class Settings:
     max_connection_age_grace_seconds: float = DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS
     """How long calls running on a connection past its age may go on before they are cut
     (UNAVAILABLE); long enough for the longest RecordEvents stream a sender keeps open."""
+
+    max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
+    """RecordEvents streams in progress at once, those waiting for memory included; one more
+    is refused with RESOURCE_EXHAUSTED and RetryInfo before anything of it is read."""
+
+    max_concurrent_queries: int = DEFAULT_MAX_CONCURRENT_QUERIES
+    """Summary, Uniques and Breakdown calls in progress at once, together; one more is
+    refused with RESOURCE_EXHAUSTED and RetryInfo. 40 by default: four per connection of
+    the default pool."""
+
+    max_bytes_in_flight: int = DEFAULT_MAX_BYTES_IN_FLIGHT
+    """Memory budget of ingest, in bytes of stream messages: each stream takes room for two
+    messages of `max_message_bytes` before it reads anything, so 128 MiB lets 16 streams of
+    4 MiB messages ingest at once while the others wait their turn. The service's memory for
+    that data is five to six times this figure (decoded messages, validated columns and the
+    statements being sent to PostgreSQL)."""
+
+    memory_patience: float = DEFAULT_MEMORY_PATIENCE
+    """Seconds a stream may wait for room in the memory budget; after that it is refused
+    with RESOURCE_EXHAUSTED and RetryInfo, having read nothing. 0 refuses at once."""
 
     @classmethod
     def from_args(
@@ -236,9 +263,57 @@ class Settings:
             help="how long calls on an aged connection may still run "
             "(env DAILY_AGGREGATOR_MAX_CONNECTION_AGE_GRACE_SECONDS; default 600)",
         )
+        parser.add_argument(
+            "--max-concurrent-streams",
+            type=int,
+            default=int(
+                env.get("DAILY_AGGREGATOR_MAX_CONCURRENT_STREAMS", DEFAULT_MAX_CONCURRENT_STREAMS)
+            ),
+            help="RecordEvents streams in progress at once; more are refused with "
+            "RESOURCE_EXHAUSTED and a retry delay (env DAILY_AGGREGATOR_MAX_CONCURRENT_STREAMS; "
+            f"default {DEFAULT_MAX_CONCURRENT_STREAMS})",
+        )
+        parser.add_argument(
+            "--max-concurrent-queries",
+            type=int,
+            default=int(
+                env.get("DAILY_AGGREGATOR_MAX_CONCURRENT_QUERIES", DEFAULT_MAX_CONCURRENT_QUERIES)
+            ),
+            help="Summary, Uniques and Breakdown calls in progress at once; more are refused "
+            "with RESOURCE_EXHAUSTED and a retry delay (env "
+            f"DAILY_AGGREGATOR_MAX_CONCURRENT_QUERIES; default {DEFAULT_MAX_CONCURRENT_QUERIES})",
+        )
+        parser.add_argument(
+            "--max-bytes-in-flight",
+            type=int,
+            default=int(
+                env.get("DAILY_AGGREGATOR_MAX_BYTES_IN_FLIGHT", DEFAULT_MAX_BYTES_IN_FLIGHT)
+            ),
+            help="memory budget of ingest in message bytes; each stream takes room for two "
+            "messages of --max-message-bytes, others wait (env "
+            "DAILY_AGGREGATOR_MAX_BYTES_IN_FLIGHT; default 128 MiB)",
+        )
+        parser.add_argument(
+            "--memory-patience",
+            type=float,
+            default=float(env.get("DAILY_AGGREGATOR_MEMORY_PATIENCE", DEFAULT_MEMORY_PATIENCE)),
+            help="seconds a stream may wait for room in the memory budget before it is "
+            "refused (env DAILY_AGGREGATOR_MEMORY_PATIENCE; default "
+            f"{DEFAULT_MEMORY_PATIENCE:g})",
+        )
         args = parser.parse_args(argv)
         if args.max_message_bytes < 1024:
             parser.error("--max-message-bytes must be at least 1024")
+        for flag in ("max_concurrent_streams", "max_concurrent_queries"):
+            if getattr(args, flag) < 1:
+                parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+        if args.max_bytes_in_flight < 2 * args.max_message_bytes:
+            parser.error(
+                "--max-bytes-in-flight must hold two messages of --max-message-bytes "
+                f"(at least {2 * args.max_message_bytes})"
+            )
+        if args.memory_patience < 0:
+            parser.error("--memory-patience must not be negative")
         if args.log_level not in LOG_LEVELS:
             parser.error(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
         if args.log_format not in LOG_FORMATS:
@@ -278,6 +353,10 @@ class Settings:
             workers=args.workers,
             max_connection_age_seconds=args.max_connection_age_seconds,
             max_connection_age_grace_seconds=args.max_connection_age_grace_seconds,
+            max_concurrent_streams=args.max_concurrent_streams,
+            max_concurrent_queries=args.max_concurrent_queries,
+            max_bytes_in_flight=args.max_bytes_in_flight,
+            memory_patience=args.memory_patience,
         )
 
 

@@ -10,12 +10,14 @@
     token lacks the scope    -> PERMISSION_DENIED   (server/auth.py, before the handler)
     token over its rate      -> RESOURCE_EXHAUSTED with google.rpc.RetryInfo
                                 (server/rate_limits.py, before the handler)
+    over a service limit     -> RESOURCE_EXHAUSTED with google.rpc.RetryInfo
+                                (server/admission.py, before the handler)
 
 Handlers raise; `grpc_errors` wraps each handler and answers with the status. Interceptors
-that turn a call away answer with `refusing`, or `refusing_with_status` for a rich status,
-or `abort_malformed` for a request that did not decode. Failures of the caller's making
-are logged at DEBUG at most (the access log has the call's status); only INTERNAL carries
-a traceback.
+that turn a call away answer with `refusing`, or `refusing_with_status` for a rich status
+such as `resource_exhausted_status`, or `abort_malformed` for a request that did not
+decode. Failures of the caller's making are logged at DEBUG at most (the access log has
+the call's status); only INTERNAL carries a traceback.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
+from typing import Any, Concatenate, NamedTuple, NoReturn, ParamSpec, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -162,21 +164,29 @@ def grpc_errors(
     return wrapper
 
 
+class _PlainStatus(NamedTuple):
+    """A status without details, in the shape grpc.Status describes."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...] = ()
+
+
 def refusing(
     handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str
 ) -> grpc.RpcMethodHandler:
     """A handler of the same kind as `handler` that answers every call with `code`."""
-
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(code, details)
-
-    return with_behavior(handler, lambda _: refuse)
+    return refusing_with_status(handler, _PlainStatus(code, details))
 
 
 def refusing_with_status(
     handler: grpc.RpcMethodHandler, status: grpc.Status
 ) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as `handler` that answers every call with `status`."""
+    """A handler of the same kind as `handler` that answers every call with `status`.
+
+    It reads nothing of the call: a refused stream's messages are never received, let alone
+    stored.
+    """
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort_with_status(status)

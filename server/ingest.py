@@ -157,6 +157,9 @@ async def record_stream(
             now_us = time.time_ns() // 1000
             valid, rejections = validate(request.events, tally.received, now_us)
             tally.received += len(request.events)
+            # The decoded message is twice its size on the wire and of no use once validated;
+            # drop it now rather than hold it while the previous batch commits.
+            del request
             if storing is not None:
                 outcome = await asyncio.shield(storing)
                 tally.add(outcome, invalid)

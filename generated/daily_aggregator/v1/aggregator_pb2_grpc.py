@@ -89,14 +89,26 @@ class AggregatorServiceServicer:
         duplicate (same user_id and idempotency_key) never counts twice, so a
         client may resend a whole stream after any failure.
 
+        Admission: a server runs a bounded number of streams at once (256 by
+        default, --max-concurrent-streams) and reads them within a memory budget
+        that holds two messages of the largest size per stream. A stream without
+        room waits, reading nothing, so flow control holds its sender back; the
+        response headers arrive once it has room and is being read.
+
         Status codes:
         - OK: the stream was processed; see the response counts.
         - INVALID_ARGUMENT: a stream message did not decode as a RecordEventsRequest
         ("malformed request: stream message N (counting from 0): ..."). Batches
         received before it are committed; nothing after it is read.
-        - RESOURCE_EXHAUSTED: one stream message exceeded the server's message size
-        limit (4 MiB by default, --max-message-bytes). Batches received before it
-        are committed; resend the rest in smaller messages.
+        - RESOURCE_EXHAUSTED with google.rpc.RetryInfo: the server was at its
+        stream limit, or the stream found no room in the memory budget in time
+        (--memory-patience). Nothing of the stream was read; resend it after
+        the retry delay. (A token over its events per second is slowed down,
+        not refused.)
+        - RESOURCE_EXHAUSTED without RetryInfo: one stream message exceeded the
+        server's message size limit (4 MiB by default, --max-message-bytes).
+        Batches received before it are committed; resend the rest in smaller
+        messages.
         - UNAVAILABLE: PostgreSQL could not be reached or failed. Batches may or
         may not have committed; resend the whole stream.
         - CANCELLED: the client gave up, or the stream reached a server that was
@@ -120,7 +132,10 @@ class AggregatorServiceServicer:
         Status codes: OK; INVALID_ARGUMENT naming the field (malformed user_id,
         missing, invalid or reversed start_time/end_time, unknown time_zone, bad
         countries entry, moving_average_window over 365, more than 10,000 buckets
-        (field "granularity")); UNAVAILABLE.
+        (field "granularity")); UNAVAILABLE; RESOURCE_EXHAUSTED with RetryInfo when
+        the server already runs as many questions as it allows at once (40 by
+        default, --max-concurrent-queries, for Summary, Uniques and Breakdown
+        together).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,7 +147,7 @@ class AggregatorServiceServicer:
         Buckets follow the rules of Summary. Counts are exact (no sketches).
 
         Status codes: OK; INVALID_ARGUMENT naming the field, as for Summary;
-        UNAVAILABLE.
+        UNAVAILABLE; RESOURCE_EXHAUSTED with RetryInfo, as for Summary.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,7 +159,8 @@ class AggregatorServiceServicer:
 
         Status codes: OK; INVALID_ARGUMENT naming the field (missing, invalid or
         reversed start_time/end_time, unspecified dimension, limit over 1,000, bad
-        countries entry); UNAVAILABLE.
+        countries entry); UNAVAILABLE; RESOURCE_EXHAUSTED with RetryInfo, as for
+        Summary.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
