@@ -214,7 +214,6 @@ class Admission:
         """`behavior` of a client-streaming method, run within the streams limit and the budget."""
 
         async def call(grpc_requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            # grpc_requests stays unread: the handler reads through _Messages instead.
             if not self.streams.try_enter():
                 await self._refuse(context, STREAMS, self._streams_refusal(method))
             try:
@@ -223,7 +222,7 @@ class Admission:
                 try:
                     # Response headers now tell the client its stream is admitted and read.
                     await context.send_initial_metadata(())
-                    return await behavior(_Messages(context, self._turn), context)
+                    return await behavior(_Messages(grpc_requests, self._turn), context)
                 finally:
                     self.memory.give_back(self.stream_room)
             finally:
@@ -278,10 +277,11 @@ class Admission:
 
 
 class _Messages:
-    """The messages of a client stream, read one by one and kept by nobody but the handler.
+    """The messages of a client stream, each handed out in its turn.
 
-    grpc's own request iterator holds on to the last message it handed out until the next
-    one arrives, which on an idle stream can be long after the handler is done with it.
+    They come from the request iterator the interceptors before this one see (they count
+    messages or slow a stream down), which may hold the last message until the next one
+    arrives: the memory budget leaves room for that one.
 
     Each message is handed out in its turn: a handler validates a message in one go (a
     4 MiB message takes a few hundred milliseconds of the event loop), so when many
@@ -289,17 +289,15 @@ class _Messages:
     else the loop has to do by then, rather than running back to back ahead of it.
     """
 
-    def __init__(self, context: grpc.aio.ServicerContext, turn: asyncio.Lock) -> None:
-        self._context = context
+    def __init__(self, requests: Any, turn: asyncio.Lock) -> None:
+        self._requests = requests
         self._turn = turn
 
     def __aiter__(self) -> _Messages:
         return self
 
     async def __anext__(self) -> Any:
-        message = await self._context.read()
-        if message is grpc.aio.EOF:
-            raise StopAsyncIteration
+        message = await anext(self._requests)
         await self._turn.acquire()
         # The handler works on the message until it next awaits; the turn passes on only
         # after that, and to a stream that then queues behind the loop's other work.
