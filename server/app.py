@@ -151,8 +151,12 @@ async def _start_server(
         raise StartupError(f"cannot use the admission limits: {exc}") from exc
     interceptors.append(admission.interceptor(prefix))
     # Last, so that a refused call is refused before its bytes count, and every interceptor
-    # before it sees a malformed request end as INVALID_ARGUMENT.
-    interceptors.append(DecodingInterceptor(SERVICE))
+    # before it sees a malformed request end as INVALID_ARGUMENT; health checks too (their
+    # servicer is the asyncio one, whose handlers the interceptor can wrap).
+    interceptors += [
+        DecodingInterceptor(SERVICE),
+        DecodingInterceptor(health_pb2.DESCRIPTOR.services_by_name["Health"]),
+    ]
     server = grpc.aio.server(
         interceptors=interceptors, options=_server_options(settings, reuse_port)
     )

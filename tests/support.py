@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import uuid
@@ -86,3 +87,21 @@ async def cli(*args: str, stdin: bytes | None = None, env: Mapping[str, str] | N
     run = Run(process.returncode or 0, out.decode(), err.decode())
     assert "Traceback" not in run.err, run.err
     return run
+
+
+async def logged(
+    records: Sequence[logging.LogRecord], logger: str, count: int, *, within: float = 5.0
+) -> list[logging.LogRecord]:
+    """The records of `logger` among `records` (pytest's caplog.records) once there are
+    `count`, or those there are after `within` seconds.
+
+    A call's access-log line is written after its status is on the way, so the caller may
+    see the status a moment before the line exists.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        found = [r for r in records if r.name == logger]
+        if len(found) >= count or loop.time() > deadline:
+            return found
+        await asyncio.sleep(0.02)

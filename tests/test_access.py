@@ -27,7 +27,7 @@ from daily_aggregator.server.config import Settings
 from daily_aggregator.server.rate_limits import RateLimiter
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
-from tests.support import cli, event, timestamp
+from tests.support import cli, event, logged, timestamp
 
 START = datetime(2025, 6, 1, tzinfo=UTC)
 END = datetime(2025, 6, 2, tzinfo=UTC)
@@ -229,16 +229,8 @@ async def test_the_access_log_names_the_token_and_never_shows_it(
         with pytest.raises(grpc.aio.AioRpcError):
             await run[method](metadata)
 
-    def access_lines() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.name == "daily_aggregator.access"]
-
-    # A refused call's line is written once its status is on the way: the caller may see
-    # the status a moment before the server's task gets back to the log.
-    for _ in range(100):
-        if len(access_lines()) >= 4:
-            break
-        await asyncio.sleep(0.05)
-    lines = access_lines()
+    records = await logged(caplog.records, "daily_aggregator.access", 4)
+    lines = [r.getMessage() for r in records]
     peer = r"ipv[46]:\S+"
     expected = [
         rf"RecordEvents {peer} OK \d+\.\d ms token=etl received=1 inserted=1 .*",

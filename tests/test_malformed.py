@@ -20,7 +20,7 @@ from daily_aggregator.server.config import Settings
 from daily_aggregator.server.decoding import DecodingInterceptor
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
-from tests.support import event, timestamp
+from tests.support import event, logged, timestamp
 
 Stub = aggregator_pb2_grpc.AggregatorServiceStub
 
@@ -32,7 +32,7 @@ CORRUPT = b"\xff\xff\xff"  # field 31 with wire type 7, which does not exist
 BAD_UTF8 = b"\x0a\x02\xff\xfe"  # field 1 (a string in every request) holding invalid UTF-8
 TRUNCATED = pb.SummaryRequest(user_id="x" * 40, **RANGE).SerializeToString()[:-3]
 
-UNARY = ["Summary", "Uniques", "Breakdown"]
+UNARY = ["Summary", "Uniques", "Breakdown", "Retention", "LearnerStats", "DeleteUser"]
 
 
 def path(method: str) -> str:
@@ -63,6 +63,31 @@ async def test_a_unary_request_that_does_not_decode_is_invalid_argument(
     assert tracebacks(caplog) == []
 
 
+@pytest.mark.parametrize("method", ["Check", "Watch"])
+async def test_a_health_request_that_does_not_decode_is_invalid_argument(
+    channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture, method: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    name = f"/grpc.health.v1.Health/{method}"
+
+    async def ask() -> None:
+        if method == "Check":
+            await channel.unary_unary(name)(CORRUPT)
+        else:
+            async for _ in channel.unary_stream(name)(CORRUPT):
+                pass
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await ask()
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = raised.value.details() or ""
+    assert details.startswith("malformed request: cannot decode grpc.health.v1.HealthCheckRequest")
+    assert tracebacks(caplog) == []
+    # And the health service answers on.
+    response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
 async def test_the_reason_says_what_was_wrong_with_the_bytes(channel: grpc.aio.Channel) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await channel.unary_unary(path("Summary"))(BAD_UTF8)
@@ -78,7 +103,7 @@ async def test_the_access_log_has_one_info_line_for_it(
     caplog.set_level(logging.INFO, logger="daily_aggregator.access")
     with pytest.raises(grpc.aio.AioRpcError):
         await channel.unary_unary(path("Uniques"))(CORRUPT)
-    [line] = [r for r in caplog.records if r.name == "daily_aggregator.access"]
+    [line] = await logged(caplog.records, "daily_aggregator.access", 1)
     assert line.levelno == logging.INFO
     assert " INVALID_ARGUMENT " in line.getMessage()
     assert line.getMessage().startswith("Uniques ")
