@@ -51,6 +51,9 @@ METHOD_SCOPES: Mapping[str, Scope] = {
     "Summary": Scope.QUERY,
     "Uniques": Scope.QUERY,
     "Breakdown": Scope.QUERY,
+    "Retention": Scope.QUERY,
+    "LearnerStats": Scope.QUERY,
+    "DeleteUser": Scope.ADMIN,
 }
 """The scope each AggregatorService method needs. A method not listed needs ADMIN, so a new
 RPC is closed to ingest and query tokens until it is listed here."""

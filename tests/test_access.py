@@ -8,6 +8,7 @@ import logging
 import re
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,19 +89,29 @@ def calls(stub: Stub) -> dict[str, Any]:
         "Breakdown": lambda metadata: stub.Breakdown(
             pb.BreakdownRequest(**span, dimension=pb.DIMENSION_USER), metadata=metadata
         ),
+        "Retention": lambda metadata: stub.Retention(
+            pb.RetentionRequest(**span), metadata=metadata
+        ),
+        "LearnerStats": lambda metadata: stub.LearnerStats(
+            pb.LearnerStatsRequest(user_id=str(uuid.uuid4())), metadata=metadata
+        ),
+        "DeleteUser": lambda metadata: stub.DeleteUser(
+            pb.DeleteUserRequest(user_id=str(uuid.uuid4())), metadata=metadata
+        ),
     }
 
 
 async def test_each_scope_allows_its_methods_and_a_refusal_names_the_scope_needed(
     scoped: RunningServer, scoped_stub: Stub, pool: asyncpg.Pool
 ) -> None:
+    reads = {"Summary", "Uniques", "Breakdown", "Retention", "LearnerStats"}
     allowed = {
         "etl": {"RecordEvents"},
-        "dashboard": {"Summary", "Uniques", "Breakdown"},
-        "ops": set(),  # no administrative RPC exists yet
-        "token-5": {"RecordEvents", "Summary", "Uniques", "Breakdown"},  # a bare token
+        "dashboard": reads,
+        "ops": {"DeleteUser"},
+        "token-5": {"RecordEvents", "DeleteUser", *reads},  # a bare token
     }
-    needs = {"RecordEvents": "ingest", "Summary": "query", "Uniques": "query", "Breakdown": "query"}
+    needs = {"RecordEvents": "ingest", "DeleteUser": "admin"} | dict.fromkeys(reads, "query")
     for name, methods in allowed.items():
         for method, call in calls(scoped_stub).items():
             if method in methods:
