@@ -21,6 +21,7 @@ is an aggregate of the same group and not allowed there), DuckDB with a join.
 
 from __future__ import annotations
 
+import abc
 import json
 import tempfile
 from collections.abc import Callable
@@ -33,15 +34,16 @@ from bench.questions import Answer, Question
 __all__ = ["PEERS", "Peer", "load_peers"]
 
 
-class Peer:
+class Peer(abc.ABC):
     """An engine loaded with the events, answering `Question`s."""
 
     name = ""
 
+    @abc.abstractmethod
     def answer(self, question: Question) -> Answer:
         """Ask `question` as one query and return its answer in comparable form."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Release the engine."""
 
