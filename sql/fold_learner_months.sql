@@ -24,25 +24,60 @@ WITH changed AS (
         study_seconds = m.study_seconds + excluded.study_seconds
     RETURNING month, user_id, events, word_count, study_seconds
 ),
-fresh AS (
-    SELECT c.month, t.metric, c.user_id, t.total
-    FROM changed AS c
-    CROSS JOIN LATERAL (
-        VALUES ('events', c.events), ('word_count', c.word_count),
-               ('study_seconds', c.study_seconds)
-    ) AS t (metric, total)
+months AS (
+    SELECT DISTINCT month FROM changed
 ),
 lists AS (
     SELECT l.month, l.metric, l.user_ids, l.totals,
            CASE WHEN cardinality(l.totals) >= $1 THEN l.totals[$1] ELSE l.bound - 1 END
                AS last
     FROM month_leaders AS l
-    WHERE l.month IN (SELECT month FROM changed)
+    JOIN months USING (month)
+),
+-- The three totals a learner must exceed to enter each list of a month, in one
+-- row (-1 where the month has no list yet), so each changed row is judged once.
+bars AS (
+    SELECT m.month,
+           coalesce(max(l.last) FILTER (WHERE l.metric = 'events'), -1) AS events,
+           coalesce(max(l.last) FILTER (WHERE l.metric = 'word_count'), -1) AS word_count,
+           coalesce(max(l.last) FILTER (WHERE l.metric = 'study_seconds'), -1) AS study_seconds
+    FROM months AS m
+    LEFT JOIN lists AS l USING (month)
+    GROUP BY m.month
 ),
 judged AS (
-    SELECT f.*, f.total > coalesce(l.last, -1) AS contends
-    FROM fresh AS f
-    LEFT JOIN lists AS l USING (month, metric)
+    SELECT c.month, c.user_id, c.events, c.word_count, c.study_seconds,
+           b.events AS events_bar, b.word_count AS word_count_bar,
+           b.study_seconds AS study_seconds_bar
+    FROM changed AS c
+    JOIN bars AS b USING (month)
+),
+contenders AS (
+    SELECT month, 'events' AS metric, user_id, events AS total
+    FROM judged WHERE events > events_bar
+    UNION ALL
+    SELECT month, 'word_count', user_id, word_count
+    FROM judged WHERE word_count > word_count_bar
+    UNION ALL
+    SELECT month, 'study_seconds', user_id, study_seconds
+    FROM judged WHERE study_seconds > study_seconds_bar
+),
+-- The largest total of each month and metric that stays below its bar.
+beneath AS (
+    SELECT j.month, t.metric, t.total
+    FROM (
+        SELECT month,
+               max(events) FILTER (WHERE events <= events_bar) AS events,
+               max(word_count) FILTER (WHERE word_count <= word_count_bar) AS word_count,
+               max(study_seconds) FILTER (WHERE study_seconds <= study_seconds_bar)
+                   AS study_seconds
+        FROM judged
+        GROUP BY month
+    ) AS j
+    CROSS JOIN LATERAL (
+        VALUES ('events', j.events), ('word_count', j.word_count),
+               ('study_seconds', j.study_seconds)
+    ) AS t (metric, total)
 ),
 listed AS (
     SELECT l.month, l.metric, e.user_id, e.total
@@ -50,8 +85,8 @@ listed AS (
     CROSS JOIN LATERAL unnest(l.user_ids, l.totals) AS e (user_id, total)
 ),
 merged AS (
-    SELECT month, metric, user_id, coalesce(j.total, l.total) AS total
-    FROM (SELECT * FROM judged WHERE contends) AS j
+    SELECT month, metric, user_id, coalesce(c.total, l.total) AS total
+    FROM contenders AS c
     FULL JOIN listed AS l USING (month, metric, user_id)
 ),
 ranked AS (
@@ -59,20 +94,24 @@ ranked AS (
     FROM merged
 ),
 outside AS (
-    SELECT month, metric, max(total) AS total FROM judged WHERE NOT contends GROUP BY 1, 2
-    UNION ALL
-    SELECT month, metric, max(total) FROM ranked WHERE rank > $1 GROUP BY 1, 2
+    SELECT month, metric, max(total) AS total
+    FROM (
+        SELECT month, metric, total FROM beneath
+        UNION ALL
+        SELECT month, metric, total FROM ranked WHERE rank > $1
+    ) AS o
+    GROUP BY month, metric
 )
 INSERT INTO month_leaders AS l (month, metric, user_ids, totals, bound)
 SELECT r.month,
        r.metric,
        array_agg(r.user_id ORDER BY r.rank),
        array_agg(r.total ORDER BY r.rank),
-       coalesce((SELECT max(o.total) FROM outside AS o
-                 WHERE o.month = r.month AND o.metric = r.metric), 0)
+       coalesce(o.total, 0)
 FROM ranked AS r
+LEFT JOIN outside AS o USING (month, metric)
 WHERE r.rank <= $1
-GROUP BY r.month, r.metric
+GROUP BY r.month, r.metric, o.total
 ON CONFLICT (month, metric) DO UPDATE
 SET user_ids = excluded.user_ids,
     totals = excluded.totals,
