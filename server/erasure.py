@@ -94,7 +94,7 @@ async def _subtract(
     )
     stored = {
         (row["unit"], row["start"], row["country"]): row["learners"]
-        for row in await conn.fetch(query("fold_stored_sets"), *key_columns)
+        for row in await conn.fetch(query("stored_learner_sets"), *key_columns)
     }
     remaining = []
     for row in folded:

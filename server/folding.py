@@ -18,14 +18,14 @@ exactly once: in the log or in the rollups. A folder killed in the middle
 leaves nothing behind: the transaction rolls back and a later fold takes the
 same half again. A batch is what arrived while the previous one was folded,
 so batches grow, and cost less per event, while ingest runs ahead; memory in
-this process is bounded by the rollup units a batch touches.
+this process is bounded by a chunk of rollup units and the months a batch touches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -47,8 +47,24 @@ _CLEAR_PATIENCE = timedelta(milliseconds=200)
 `_CLEAR_ATTEMPTS` times, waiting at most `_CLEAR_PATIENCE` each, before deleting rows."""
 
 _ROWS_PER_CHUNK = 5000
-"""Rows read, and rollups written, at a time: the folder lets the event loop serve calls
-between chunks, and holds one chunk of stored learner sets at a time."""
+"""Rollup units written back at a time."""
+
+_LISTS_PER_READ = 200
+"""Rollup units read at a time: each comes with a list of its learners in the batch, a
+month's as long as the batch has rows in that month."""
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One rollup unit as it is written back: the batch's sums and the merged set."""
+
+    unit: str
+    start: datetime
+    country: str
+    events: int
+    word_count: int
+    study_seconds: int
+    learners: learner_sets.LearnerSet
 
 
 @dataclass(frozen=True)
@@ -57,16 +73,6 @@ class Fold:
 
     events: int
     lag_seconds: float
-
-
-@dataclass
-class _Delta:
-    """What a batch adds to one rollup: sums, and its learners (then merged with the stored)."""
-
-    events: int = 0
-    word_count: int = 0
-    study_seconds: int = 0
-    learners: learner_sets.LearnerSet = field(default_factory=learner_sets.LearnerSet)
 
 
 class Folder:
@@ -175,73 +181,55 @@ async def _clear(conn: asyncpg.Connection, sealed: int) -> None:
 async def _fold_rollups(conn: asyncpg.Connection) -> None:
     """Add fold_batch to everyone's rollups, merging the learner sets in this process.
 
-    PostgreSQL sums the batch per slot (every country together) and per hour and
-    country, listing each one's learners; here each hour also counts towards its
-    day, its month and the same units of every country together. Units come a UTC
-    day at a time, and each day is written back (merged with what is stored) as
-    soon as the next begins, months at the end: memory holds one day of units,
-    however long the batch.
+    PostgreSQL sums the batch per rollup unit, lists each unit's learners (a
+    month's are its days') and brings the set stored for it; here each unit's two
+    sets are merged as soon as it arrives, and the units are written back
+    `_ROWS_PER_CHUNK` at a time. The lists are the bulky part, so they are read
+    `_LISTS_PER_READ` at a time: memory holds a few hundred lists, the batch's
+    months and one chunk of merged sets, however long the batch.
     """
-    deltas: dict[tuple[str, datetime, str], _Delta] = {}
-    day: datetime | None = None
-    async for row in conn.cursor(query("fold_rollup_deltas"), prefetch=_ROWS_PER_CHUNK):
-        start = row["start"]
-        if day is not None and start >= units.following("day", day):
-            await _store_rollups(conn, [k for k in deltas if k[0] != "month"], deltas)
-        day = units.floor("day", start)
-        active = learner_sets.LearnerSet(row["learners"])
-        if row["unit"] == "slot":
-            keys = [("slot", start, "*")]
+    chunk: list[_Unit] = []
+    months: dict[tuple[datetime, str], learner_sets.LearnerSet] = {}
+    async for row in conn.cursor(query("fold_rollup_deltas"), prefetch=_LISTS_PER_READ):
+        if row["unit"] == "month":
+            learners = months.pop((row["start"], row["country"]))
         else:
-            month = units.floor("month", start)
-            keys = [
-                (unit, at, country)
-                for unit, at in (("hour", start), ("day", day), ("month", month))
-                for country in (row["country"], "*")
-            ]
-        for key in keys:
-            delta = deltas.get(key)
-            if delta is None:
-                delta = deltas[key] = _Delta()
-            delta.events += row["events"]
-            delta.word_count += row["word_count"]
-            delta.study_seconds += row["study_seconds"]
-            delta.learners |= active
-    await _store_rollups(conn, list(deltas), deltas)
+            learners = learner_sets.LearnerSet(row["learners"])
+            if row["unit"] == "day":
+                month = months.setdefault(
+                    (units.floor("month", row["start"]), row["country"]), learner_sets.LearnerSet()
+                )
+                month |= learners
+        if row["stored"] is not None:
+            learners |= learner_sets.load(row["stored"])
+        chunk.append(
+            _Unit(
+                row["unit"],
+                row["start"],
+                row["country"],
+                row["events"],
+                row["word_count"],
+                row["study_seconds"],
+                learners,
+            )
+        )
+        if len(chunk) == _ROWS_PER_CHUNK:
+            await _store_chunk(conn, chunk)
+            chunk = []
+    if chunk:
+        await _store_chunk(conn, chunk)
 
 
-async def _store_rollups(
-    conn: asyncpg.Connection,
-    keys: list[tuple[str, datetime, str]],
-    deltas: dict[tuple[str, datetime, str], _Delta],
-) -> None:
-    """Write the rollups of `keys` back, in key order, and forget their deltas."""
-    keys.sort()
-    for first in range(0, len(keys), _ROWS_PER_CHUNK):
-        await _store_chunk(conn, keys[first : first + _ROWS_PER_CHUNK], deltas)
-
-
-async def _store_chunk(
-    conn: asyncpg.Connection,
-    keys: list[tuple[str, datetime, str]],
-    deltas: dict[tuple[str, datetime, str], _Delta],
-) -> None:
-    key_columns = ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
-    stored = {
-        (row["unit"], row["start"], row["country"]): row["learners"]
-        for row in await conn.fetch(query("fold_stored_sets"), *key_columns)
-    }
-    chunk = [deltas.pop(key) for key in keys]
-    for key, delta in zip(keys, chunk, strict=True):
-        if key in stored:
-            delta.learners |= learner_sets.load(stored[key])
-    await asyncio.sleep(0)  # a chunk's merging is the folder's longest stretch of Python
+async def _store_chunk(conn: asyncpg.Connection, chunk: list[_Unit]) -> None:
+    """Write one chunk of units back: the batch's sums are added, the merged sets replace."""
     await conn.execute(
         query("fold_store_rollups"),
-        *key_columns,
-        [d.events for d in chunk],
-        [d.word_count for d in chunk],
-        [d.study_seconds for d in chunk],
-        [len(d.learners) for d in chunk],
-        [learner_sets.dump(d.learners) for d in chunk],
+        [unit.unit for unit in chunk],
+        [unit.start for unit in chunk],
+        [unit.country for unit in chunk],
+        [unit.events for unit in chunk],
+        [unit.word_count for unit in chunk],
+        [unit.study_seconds for unit in chunk],
+        [len(unit.learners) for unit in chunk],
+        [learner_sets.dump(unit.learners) for unit in chunk],
     )
