@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -11,8 +10,9 @@ import grpc
 
 from daily_aggregator.server.interception import (
     Behavior,
+    Outcome,
     ServiceInterceptor,
-    final_code,
+    observed,
     with_behavior,
 )
 from daily_aggregator.v1 import aggregator_pb2 as pb
@@ -74,26 +74,16 @@ class _AccessLine:
 
 
 def _logged(name: str, token: str | None, behavior: Behavior) -> Behavior:
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        began = time.perf_counter()
-        error: BaseException | None = None
-        response = None
-        try:
-            response = await behavior(request, context)
-            return response
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            fields: dict[str, Any] = {
-                "method": name,
-                "peer": context.peer(),
-                "code": final_code(context, error).name,
-                "duration_ms": round((time.perf_counter() - began) * 1000, 3),
-                "token": token,
-            }
-            if isinstance(response, pb.RecordEventsResponse):
-                fields.update((count, getattr(response, count)) for count in _COUNTS)
-            log.info(_AccessLine(fields), extra={"fields": fields})
+    def finished(context: grpc.aio.ServicerContext, outcome: Outcome) -> None:
+        fields: dict[str, Any] = {
+            "method": name,
+            "peer": context.peer(),
+            "code": outcome.code.name,
+            "duration_ms": round(outcome.seconds * 1000, 3),
+            "token": token,
+        }
+        if isinstance(outcome.response, pb.RecordEventsResponse):
+            fields.update((count, getattr(outcome.response, count)) for count in _COUNTS)
+        log.info(_AccessLine(fields), extra={"fields": fields})
 
-    return call
+    return observed(behavior, finished)

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
-__all__ = ["Behavior", "Deserializer", "ServiceInterceptor", "final_code", "with_behavior"]
+__all__ = [
+    "Behavior",
+    "Deserializer",
+    "Outcome",
+    "ServiceInterceptor",
+    "final_code",
+    "observed",
+    "with_behavior",
+]
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 """What a method handler runs: (request or request iterator, context) -> response."""
@@ -54,6 +64,45 @@ def final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -
     if isinstance(code, grpc.StatusCode):
         return code
     return grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one call ended, as the interceptors that watch calls report it."""
+
+    code: grpc.StatusCode
+    """See `final_code`."""
+    response: Any
+    """What the behavior returned; None when it raised."""
+    error: BaseException | None
+    """What the behavior raised; None when it returned."""
+    seconds: float
+    """How long the behavior ran."""
+
+
+def observed(
+    behavior: Behavior, finished: Callable[[grpc.aio.ServicerContext, Outcome], None]
+) -> Behavior:
+    """`behavior`, calling `finished` once it has ended, however it ended.
+
+    `finished` runs before the response goes out or the error propagates.
+    """
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        began = time.perf_counter()
+        error: BaseException | None = None
+        response = None
+        try:
+            response = await behavior(request, context)
+            return response
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            seconds = time.perf_counter() - began
+            finished(context, Outcome(final_code(context, error), response, error, seconds))
+
+    return call
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped

@@ -26,7 +26,6 @@ import contextlib
 import os
 import socket
 import threading
-import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from socketserver import ThreadingMixIn
@@ -42,8 +41,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, mult
 from daily_aggregator.server.folding import Folder
 from daily_aggregator.server.interception import (
     Behavior,
+    Outcome,
     ServiceInterceptor,
-    final_code,
+    observed,
     with_behavior,
 )
 from daily_aggregator.v1 import aggregator_pb2 as pb
@@ -235,6 +235,20 @@ def _grpc_type(client_streaming: bool, server_streaming: bool) -> str:
 
 
 def _counted(labels: tuple[str, str, str], streaming: bool, behavior: Behavior) -> Behavior:
+    def finished(context: grpc.aio.ServicerContext, outcome: Outcome) -> None:
+        _HANDLED.labels(*labels, _GO_CODES[outcome.code]).inc()
+        _HANDLING.labels(*labels).observe(outcome.seconds)
+        if outcome.error is not None:
+            return
+        _SENT.labels(*labels).inc()
+        if isinstance(outcome.response, pb.RecordEventsResponse):
+            _EVENTS.labels("inserted").inc(outcome.response.inserted)
+            _EVENTS.labels("duplicate").inc(outcome.response.duplicates)
+            _EVENTS.labels("conflict").inc(outcome.response.conflicts)
+            _EVENTS.labels("rejected").inc(outcome.response.rejected)
+
+    watched = observed(behavior, finished)
+
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         _STARTED.labels(*labels).inc()
         received = _RECEIVED.labels(*labels)
@@ -242,23 +256,7 @@ def _counted(labels: tuple[str, str, str], streaming: bool, behavior: Behavior) 
             request = _counting(request, received)
         else:
             received.inc()
-        began = time.perf_counter()
-        error: BaseException | None = None
-        try:
-            response = await behavior(request, context)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            _HANDLED.labels(*labels, _GO_CODES[final_code(context, error)]).inc()
-            _HANDLING.labels(*labels).observe(time.perf_counter() - began)
-        _SENT.labels(*labels).inc()
-        if isinstance(response, pb.RecordEventsResponse):
-            _EVENTS.labels("inserted").inc(response.inserted)
-            _EVENTS.labels("duplicate").inc(response.duplicates)
-            _EVENTS.labels("conflict").inc(response.conflicts)
-            _EVENTS.labels("rejected").inc(response.rejected)
-        return response
+        return await watched(request, context)
 
     return call
 

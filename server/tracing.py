@@ -28,8 +28,9 @@ import grpc
 
 from daily_aggregator.server.interception import (
     Behavior,
+    Outcome,
     ServiceInterceptor,
-    final_code,
+    observed,
     with_behavior,
 )
 from daily_aggregator.server.queries import statement_name
@@ -158,27 +159,24 @@ class Tracing:
                 set_status_on_exception=False,
             ) as span:
                 active = _active.set(self)
-                error: BaseException | None = None
-                response = None
-                try:
-                    response = await behavior(request, context)
-                    return response
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
+
+                def finished(context: grpc.aio.ServicerContext, outcome: Outcome) -> None:
                     _active.reset(active)
-                    code = final_code(context, error)
-                    span.set_attribute("rpc.grpc.status_code", code.value[0])
-                    if code in _ERROR_CODES:
-                        span.set_status(Status(StatusCode.ERROR, _details(context) or code.name))
+                    span.set_attribute("rpc.grpc.status_code", outcome.code.value[0])
+                    if outcome.code in _ERROR_CODES:
+                        details = _details(context) or outcome.code.name
+                        span.set_status(Status(StatusCode.ERROR, details))
+                        error = outcome.error
                         if error is not None and not isinstance(error, grpc.aio.AbortError):
                             span.record_exception(error)
-                    if isinstance(response, pb.RecordEventsResponse):
+                    if isinstance(outcome.response, pb.RecordEventsResponse):
                         for count in _COUNTS:
                             span.set_attribute(
-                                f"daily_aggregator.events.{count}", getattr(response, count)
+                                f"daily_aggregator.events.{count}",
+                                getattr(outcome.response, count),
                             )
+
+                return await observed(behavior, finished)(request, context)
 
         return call
 
