@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from daily_aggregator.server import logs, metrics
 from daily_aggregator.server.access import TokenRegistry, TokensFileError, read_tokens
@@ -151,11 +151,16 @@ async def _start_server(
         raise StartupError(f"cannot use the admission limits: {exc}") from exc
     interceptors.append(admission.interceptor(prefix))
     # Last, so that a refused call is refused before its bytes count, and every interceptor
-    # before it sees a malformed request end as INVALID_ARGUMENT; health checks too (their
-    # servicer is the asyncio one, whose handlers the interceptor can wrap).
+    # before it sees a malformed request end as INVALID_ARGUMENT; health checks and
+    # reflection too (their servicers are the asyncio ones, whose handlers the interceptor
+    # can wrap).
     interceptors += [
-        DecodingInterceptor(SERVICE),
-        DecodingInterceptor(health_pb2.DESCRIPTOR.services_by_name["Health"]),
+        DecodingInterceptor(service)
+        for service in (
+            SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"],
+            reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+        )
     ]
     server = grpc.aio.server(
         interceptors=interceptors, options=_server_options(settings, reuse_port)

@@ -7,9 +7,11 @@ stream as INTERNAL, each with a traceback at ERROR. `DecodingInterceptor` rebuil
 the service's handlers around deserializers that say what failed instead:
 
 - A stream's messages are decoded as the handler reads them, so the deserializer
-  raises `MalformedRequest` inside the handler, which `grpc_errors` answers with
-  INVALID_ARGUMENT. RecordEvents has by then committed every batch read before the
-  malformed message, as it does before any other failure of the stream.
+  raises `MalformedRequest` inside the handler. Ours answer it with INVALID_ARGUMENT
+  through `grpc_errors`: RecordEvents has by then committed every batch read before
+  the malformed message, as it does before any other failure of the stream. One that
+  escapes a handler (reflection's, say) is answered the same way by the rebuilt
+  behavior.
 - A unary request is decoded before the handler is called, so the deserializer
   returns an `Undecodable` in place of the request, and the rebuilt behavior answers
   it with INVALID_ARGUMENT (`abort_malformed`) without calling the handler (for a
@@ -72,7 +74,11 @@ class DecodingInterceptor(ServiceInterceptor):
             else:
                 wrap = _answering_undecodable
             return with_behavior(handler, wrap, request_deserializer=_lenient(decode, name))
-        return with_behavior(handler, _unchanged, request_deserializer=_strict(decode, name))
+        if inspect.isasyncgenfunction(handler.stream_stream):
+            wrap = _streaming_unless_malformed
+        else:
+            wrap = _answering_malformed
+        return with_behavior(handler, wrap, request_deserializer=_strict(decode, name))
 
 
 def _problem(name: str, exc: message.DecodeError) -> str:
@@ -114,9 +120,27 @@ def _strict(decode: Deserializer, name: str) -> Deserializer:
     return deserialize
 
 
-def _unchanged(behavior: Behavior) -> Behavior:
-    # A stream's handler meets the MalformedRequest itself, as it reads.
-    return behavior
+def _answering_malformed(behavior: Behavior) -> Behavior:
+    # A stream's handler meets the MalformedRequest as it reads; ours answer it themselves.
+    async def call(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(requests, context)
+        except MalformedRequest as exc:
+            await abort_malformed(context, exc)
+
+    return call
+
+
+def _streaming_unless_malformed(behavior: Behavior) -> Behavior:
+    # A stream-stream behavior written as an async generator function; so is its wrapper.
+    async def call(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            async for response in behavior(requests, context):  # type: ignore[attr-defined]
+                yield response
+        except MalformedRequest as exc:
+            await abort_malformed(context, exc)
+
+    return call
 
 
 def _answering_undecodable(behavior: Behavior) -> Behavior:

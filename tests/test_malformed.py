@@ -13,6 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as aio_health
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from daily_aggregator.client import AsyncClient
 from daily_aggregator.server.app import SERVICE_NAME, start_server
@@ -86,6 +87,32 @@ async def test_a_health_request_that_does_not_decode_is_invalid_argument(
     # And the health service answers on.
     response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
     assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_reflection_message_that_does_not_decode_is_invalid_argument(
+    channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    name = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    list_services = reflection_pb2.ServerReflectionRequest(list_services="").SerializeToString()
+    call = channel.stream_stream(name)(iter([list_services, CORRUPT]))
+    first = reflection_pb2.ServerReflectionResponse.FromString(await call.read())
+    assert SERVICE_NAME in [s.name for s in first.list_services_response.service]
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call.read()
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (raised.value.details() or "").startswith(
+        "malformed request: stream message 1 (counting from 0): cannot decode"
+        " grpc.reflection.v1alpha.ServerReflectionRequest"
+    )
+    assert tracebacks(caplog) == []
+    # And reflection answers on, as grpcurl uses it.
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
+    services = [s.name async for r in responses for s in r.list_services_response.service]
+    assert SERVICE_NAME in services
 
 
 async def test_the_reason_says_what_was_wrong_with_the_bytes(channel: grpc.aio.Channel) -> None:
