@@ -20,6 +20,7 @@ from daily_aggregator.server import activity
 from daily_aggregator.server.app import RunningServer, start_server
 from daily_aggregator.server.config import Settings
 from daily_aggregator.server.database import create_pool, snapshot
+from daily_aggregator.server.folding import LEADERS_LENGTH
 from daily_aggregator.server.requests import Countries
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
@@ -211,6 +212,88 @@ async def two_servers(database_url: str) -> AsyncIterator[list[RunningServer]]:
         for running, p in zip(servers, pools, strict=True):
             await running.stop(None)
             await p.close()
+
+
+METRICS = ("events", "word_count", "study_seconds")
+
+
+async def assert_month_leaders_hold(pool: asyncpg.Pool) -> int:
+    """Each month's lists against learner_months; returns how many lists were full.
+
+    A list names its month's best learners by the metric, best first (ties by user id),
+    with their exact totals, as many as LEADERS_LENGTH or every learner; no learner left
+    out has more than its bound, and the bound is at most the list's last total.
+    """
+    totals: dict[datetime, dict[str, dict[str, int]]] = {}
+    for row in await pool.fetch("SELECT * FROM learner_months"):
+        totals.setdefault(row["month"], {})[str(row["user_id"])] = {m: row[m] for m in METRICS}
+    full = 0
+    lists = await pool.fetch("SELECT * FROM month_leaders")
+    assert {(r["month"], r["metric"]) for r in lists} == {
+        (month, metric) for month in totals for metric in METRICS
+    }
+    for row in lists:
+        month, metric = row["month"], row["metric"]
+        actual = {user: t[metric] for user, t in totals[month].items()}
+        listed = [str(u) for u in row["user_ids"]]
+        where = f"{month:%Y-%m} {metric}"
+        assert row["totals"] == [actual[u] for u in listed], where
+        assert [(-t, u) for t, u in zip(row["totals"], listed, strict=True)] == sorted(
+            (-t, u) for t, u in zip(row["totals"], listed, strict=True)
+        ), where
+        assert len(listed) == min(LEADERS_LENGTH, len(actual)), where
+        left_out = [total for user, total in actual.items() if user not in set(listed)]
+        assert max(left_out, default=0) <= row["bound"] <= min(row["totals"]), where
+        full += len(listed) == LEADERS_LENGTH
+    return full
+
+
+async def test_month_leaders_stay_the_best_learners_as_folds_raise_others_past_them(
+    stub: Stub, pool: asyncpg.Pool, server: RunningServer
+) -> None:
+    # More learners than a list holds, in two months, fold after fold: first everyone,
+    # then rounds that raise some learners from below a list past its last entry, add
+    # to listed learners and leave some totals unchanged (events of no words or time).
+    rng = random.Random(11)
+    learners = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(700)]
+    months = [datetime(2025, 3, 1, tzinfo=UTC), datetime(2025, 4, 1, tzinfo=UTC)]
+    sent: list[pb.Event] = []
+    for round_ in range(4):
+        chosen = learners if round_ == 0 else rng.sample(learners, 150)
+        batch = [
+            event(
+                user_id=user,
+                at=rng.choice(months) + timedelta(days=rng.randrange(28), hours=rng.randrange(24)),
+                words=rng.choice([0, rng.randrange(1, 40), rng.randrange(200, 400)]),
+                seconds=rng.choice([0, rng.randrange(30, 900)]),
+            )
+            for user in chosen
+            for _ in range(rng.randint(1, 3))
+        ]
+        response = await record(stub, [batch[i : i + 500] for i in range(0, len(batch), 500)])
+        assert response.inserted == len(batch)
+        sent += batch
+        async with pool.acquire() as conn:
+            await server.folder.drain(conn)
+        assert await assert_month_leaders_hold(pool) == 2 * len(METRICS)
+        # And the top learners of each month, by words, are those of what was sent.
+        for month in months:
+            end = month.replace(month=month.month + 1)
+            words: Counter[str] = Counter()
+            for e in sent:
+                if month <= e.occurred_at.ToDatetime(tzinfo=UTC) < end:
+                    words[e.user_id] += e.word_count
+            answer = await stub.Breakdown(
+                pb.BreakdownRequest(
+                    start_time=timestamp(month),
+                    end_time=timestamp(end),
+                    dimension=pb.DIMENSION_USER,
+                    metric=pb.METRIC_WORD_COUNT,
+                    limit=10,
+                )
+            )
+            best = sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+            assert [(r.key, r.word_count) for r in answer.rows] == best
 
 
 async def test_two_servers_on_one_database_fold_every_event_once(database_url: str) -> None:
