@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,41 @@ class Cluster:
         """The DSN of `database` on this cluster."""
         return with_database(self.instance.dsn, database)
 
+    async def new_database(self) -> str:
+        """The DSN of a fresh, migrated database: a copy of `template_da`."""
+        name = f"test_{next(_database_names)}"
+        conn = await asyncpg.connect(self.instance.dsn)
+        try:
+            await conn.execute(f"CREATE DATABASE {name} TEMPLATE template_da")
+        finally:
+            await conn.close()
+        return self.dsn(name)
+
+
+@dataclass(frozen=True)
+class Served:
+    """A real gRPC server on a free port, its pool, and a channel and stub to it."""
+
+    running: RunningServer
+    pool: asyncpg.Pool
+    channel: grpc.aio.Channel
+    stub: aggregator_pb2_grpc.AggregatorServiceStub
+
+
+@asynccontextmanager
+async def serving(
+    dsn: str, settings: Settings | None = None, *, max_size: int = 2
+) -> AsyncIterator[Served]:
+    """Serve the database `dsn` for as long as the block runs; for module-wide servers."""
+    pool = await create_pool(dsn, min_size=1, max_size=max_size)
+    running = await start_server(pool, settings or Settings(listen="127.0.0.1:0", grace_seconds=5))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield Served(running, pool, channel, aggregator_pb2_grpc.AggregatorServiceStub(channel))
+    finally:
+        await running.stop(None)
+        await pool.close()
+
 
 @pytest.fixture(scope="session", params=sorted(FLAVOURS))
 async def cluster(
@@ -69,13 +105,7 @@ async def cluster(
 @pytest.fixture
 async def database_url(cluster: Cluster) -> str:
     """A fresh, migrated database for one test."""
-    name = f"test_{next(_database_names)}"
-    conn = await asyncpg.connect(cluster.instance.dsn)
-    try:
-        await conn.execute(f"CREATE DATABASE {name} TEMPLATE template_da")
-    finally:
-        await conn.close()
-    return cluster.dsn(name)
+    return await cluster.new_database()
 
 
 @pytest.fixture

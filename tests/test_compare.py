@@ -18,18 +18,14 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-import grpc
 import pytest
 
 from daily_aggregator.server import periods
-from daily_aggregator.server.app import start_server
-from daily_aggregator.server.config import Settings
-from daily_aggregator.server.database import create_pool
 from daily_aggregator.server.folding import Folder
 from daily_aggregator.server.timezones import TimeZones
 from daily_aggregator.v1 import aggregator_pb2 as pb
-from daily_aggregator.v1 import aggregator_pb2_grpc
 from tests import test_queries_reference as reference
+from tests.conftest import serving
 from tests.support import event, record, timestamp
 from tests.test_queries import (
     USER_A,
@@ -451,20 +447,8 @@ async def quiet(cluster: Cluster) -> AsyncIterator[Quiet]:
 
     A database per test (the `stub` fixture) would cost more than the requests themselves.
     """
-    name = f"compare_quiet_{cluster.flavour}"
-    conn = await asyncpg.connect(cluster.instance.dsn)
-    try:
-        await conn.execute(f"CREATE DATABASE {name} TEMPLATE template_da")
-    finally:
-        await conn.close()
-    pool = await create_pool(cluster.dsn(name), min_size=1, max_size=4)
-    running = await start_server(pool, Settings(listen="127.0.0.1:0", grace_seconds=5))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            yield Quiet(aggregator_pb2_grpc.AggregatorServiceStub(channel), pool)
-    finally:
-        await running.stop(None)
-        await pool.close()
+    async with serving(await cluster.new_database(), max_size=4) as served:
+        yield Quiet(served.stub, served.pool)
 
 
 @pytest.mark.parametrize(("rpc", "request_", "field"), REFUSED)

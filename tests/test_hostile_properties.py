@@ -34,12 +34,11 @@ from grpc_status import rpc_status
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
-from daily_aggregator.server.app import SERVICE_NAME, RunningServer, start_server
+from daily_aggregator.server.app import SERVICE_NAME, RunningServer
 from daily_aggregator.server.config import Settings
-from daily_aggregator.server.database import create_pool, with_database
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
-from tests.conftest import Cluster
+from tests.conftest import Cluster, serving
 
 LIMIT = 256 * 1024
 """--max-message-bytes of the module's server."""
@@ -79,28 +78,15 @@ class Hostile:
 @pytest.fixture(scope="module")
 async def hostile(cluster: Cluster) -> AsyncIterator[Hostile]:
     """A server with a 256 KiB message limit on a fresh database, for the whole module."""
-    name = f"hostile_{uuid.uuid4().hex}"
-    conn = await asyncpg.connect(cluster.instance.dsn)
-    try:
-        await conn.execute(f"CREATE DATABASE {name} TEMPLATE template_da")
-    finally:
-        await conn.close()
-    pool = await create_pool(with_database(cluster.instance.dsn, name), min_size=1, max_size=8)
     settings = Settings(listen="127.0.0.1:0", max_message_bytes=LIMIT, grace_seconds=5)
-    running = await start_server(pool, settings)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-    try:
+    async with serving(await cluster.new_database(), settings, max_size=8) as served:
         yield Hostile(
-            running,
-            pool,
-            channel,
-            aggregator_pb2_grpc.AggregatorServiceStub(channel),
-            health_pb2_grpc.HealthStub(channel),
+            served.running,
+            served.pool,
+            served.channel,
+            served.stub,
+            health_pb2_grpc.HealthStub(served.channel),
         )
-    finally:
-        await channel.close()
-        await running.stop(None)
-        await pool.close()
 
 
 # --- what a healthy server answers ---------------------------------------------------------

@@ -13,18 +13,15 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from daily_aggregator.server.app import start_server
-from daily_aggregator.server.config import Settings
-from daily_aggregator.server.database import create_pool
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
+from tests.conftest import serving
 from tests.support import event, record, timestamp
 
 if TYPE_CHECKING:
@@ -1309,20 +1306,8 @@ async def shared_stub(cluster: Cluster) -> AsyncIterator[Stub]:
 
     A database per test (the `stub` fixture) would cost more than the requests themselves.
     """
-    name = f"queries_invalid_{cluster.flavour}"
-    conn = await asyncpg.connect(cluster.instance.dsn)
-    try:
-        await conn.execute(f"CREATE DATABASE {name} TEMPLATE template_da")
-    finally:
-        await conn.close()
-    pool = await create_pool(cluster.dsn(name), min_size=1, max_size=2)
-    running = await start_server(pool, Settings(listen="127.0.0.1:0", grace_seconds=5))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            yield aggregator_pb2_grpc.AggregatorServiceStub(channel)
-    finally:
-        await running.stop(None)
-        await pool.close()
+    async with serving(await cluster.new_database()) as served:
+        yield served.stub
 
 
 @pytest.mark.parametrize(("rpc", "request_", "field"), INVALID)

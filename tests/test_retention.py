@@ -23,19 +23,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import grpc
 import pytest
 
 from daily_aggregator.client import AsyncClient, Client, Granularity, RetentionResult
-from daily_aggregator.server.app import RunningServer, start_server
-from daily_aggregator.server.config import Settings
-from daily_aggregator.server.database import create_pool
+from daily_aggregator.server.app import RunningServer
 from daily_aggregator.server.folding import Folder
 from daily_aggregator.server.queries import query
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
 from tests import test_queries_reference as reference
-from tests.conftest import Cluster
+from tests.conftest import Cluster, serving
 from tests.support import cli, event, record, timestamp
 from tests.test_queries import violated_field
 
@@ -418,20 +415,8 @@ async def test_the_command_prints_a_triangle_or_json(stub: Stub, server: Running
 @pytest.fixture(scope="module")
 async def refusing_stub(cluster: Cluster) -> AsyncIterator[Stub]:
     """One server per flavour for the requests refused before any activity is read."""
-    name = f"retention_invalid_{cluster.flavour}"
-    conn = await asyncpg.connect(cluster.instance.dsn)
-    try:
-        await conn.execute(f"CREATE DATABASE {name} TEMPLATE template_da")
-    finally:
-        await conn.close()
-    pool = await create_pool(cluster.dsn(name), min_size=1, max_size=2)
-    running = await start_server(pool, Settings(listen="127.0.0.1:0", grace_seconds=5))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            yield aggregator_pb2_grpc.AggregatorServiceStub(channel)
-    finally:
-        await running.stop(None)
-        await pool.close()
+    async with serving(await cluster.new_database()) as served:
+        yield served.stub
 
 
 def _request(
