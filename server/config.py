@@ -60,7 +60,8 @@ class Settings:
     """Connections the pool keeps open."""
 
     pool_max_size: int = DEFAULT_POOL_MAX_SIZE
-    """Most connections the pool opens; also the most batches committing at once."""
+    """Most connections the pool opens; also the most batches committing at once. At least
+    2: the folder keeps one and borrows a second while it folds."""
 
     fold_idle_seconds: float = 0.05
     """How long the folder waits before looking again when it found little to fold."""

@@ -4,21 +4,24 @@ Ingest appends what it stores to one half of `pending_events`. Every server runs
 a folder; the one that takes the fold lock (an advisory lock, so any one of
 several servers may be the folder) folds a batch in three steps:
 
-1. seals the half ingest appends to, so new events go to the other half;
+1. seals the half ingest appends to, so new events go to the other half, and
+   numbers the learners of the sealed half it has not seen;
 2. in one transaction: waits for the appends already under way into the sealed
-   half, sums it per learner, slot and country, numbers the learners it has not
-   seen, adds it to each learner's hours and months and to the month leaders,
-   adds it to everyone's slots, hours, days and months (per country and for
-   every country together, merging its learners into each unit's learner set),
-   and empties the half with TRUNCATE;
+   half, sums it per learner, slot and country, adds it to each learner's hours
+   and months and to the month leaders, adds it to everyone's slots, hours, days
+   and months (per country and for every country together, merging its learners
+   into each unit's learner set), and empties the half with TRUNCATE. Everyone's
+   units are read and merged on a second connection, in a snapshot of its own,
+   while the first adds the half to the learners' tables;
 3. lets go of the lock.
 
 The transaction commits all of it together, so every snapshot counts an event
 exactly once: in the log or in the rollups. A folder killed in the middle
 leaves nothing behind: the transaction rolls back and a later fold takes the
 same half again. A batch is what arrived while the previous one was folded,
-so batches grow, and cost less per event, while ingest runs ahead; memory in
-this process is bounded by a chunk of rollup units and the months a batch touches.
+so batches grow, and cost less per event, while ingest runs ahead. Memory in
+this process holds a few hundred learner lists, the months a batch touches, and
+its rollup units' sums and serialized sets, however many events the batch has.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
@@ -47,24 +51,11 @@ _CLEAR_PATIENCE = timedelta(milliseconds=200)
 `_CLEAR_ATTEMPTS` times, waiting at most `_CLEAR_PATIENCE` each, before deleting rows."""
 
 _ROWS_PER_CHUNK = 5000
-"""Rollup units written back at a time."""
+"""Rollup units written back per statement."""
 
 _LISTS_PER_READ = 200
 """Rollup units read at a time: each comes with a list of its learners in the batch, a
 month's as long as the batch has rows in that month."""
-
-
-@dataclass(frozen=True)
-class _Unit:
-    """One rollup unit as it is written back: the batch's sums and the merged set."""
-
-    unit: str
-    start: datetime
-    country: str
-    events: int
-    word_count: int
-    study_seconds: int
-    learners: learner_sets.LearnerSet
 
 
 @dataclass(frozen=True)
@@ -128,16 +119,25 @@ class Folder:
                 self.pending, self.latest_lag_seconds = 0, 0.0
                 return Fold(0, 0.0)
             sealed = await conn.fetchval(query("fold_seal"))
-            async with conn.transaction():
-                await conn.execute(query("fold_hold"), sealed)
-                taken = await conn.fetchrow(query("fold_take"), sealed)
-                self.pending = taken["events"]
-                if taken["events"]:
-                    await conn.execute(query("fold_number_learners"))
-                    await conn.execute(query("fold_learner_hours"))
-                    await conn.execute(query("fold_learner_months"), LEADERS_LENGTH)
-                    await _fold_rollups(conn)
-                    await _clear(conn, sealed)
+            await conn.execute(query("fold_number_learners"), sealed)
+            async with self._pool.acquire() as reader:
+                # Everyone's rollups are read on a second connection while this one adds
+                # the half to each learner's: two cores instead of one.
+                rollups = asyncio.create_task(_rollup_chunks(reader, sealed))
+                try:
+                    async with conn.transaction():
+                        await conn.execute(query("fold_hold"), sealed)
+                        taken = await conn.fetchrow(query("fold_take"), sealed)
+                        self.pending = taken["events"]
+                        if taken["events"]:
+                            await conn.execute(query("fold_learner_hours"))
+                            await conn.execute(query("fold_learner_months"), LEADERS_LENGTH)
+                            for chunk in await rollups:
+                                await conn.execute(query("fold_store_rollups"), *chunk.columns())
+                            await _clear(conn, sealed)
+                finally:
+                    rollups.cancel()
+                    await asyncio.gather(rollups, return_exceptions=True)
         finally:
             await conn.execute(query("fold_unlock"))
         if not taken["events"]:
@@ -178,58 +178,67 @@ async def _clear(conn: asyncpg.Connection, sealed: int) -> None:
     await conn.execute(query("fold_delete"), sealed)
 
 
-async def _fold_rollups(conn: asyncpg.Connection) -> None:
-    """Add fold_batch to everyone's rollups, merging the learner sets in this process.
+async def _rollup_chunks(conn: asyncpg.Connection, sealed: int) -> list[_Chunk]:
+    """Everyone's rollup units the sealed half touches, merged with what is stored.
 
-    PostgreSQL sums the batch per rollup unit, lists each unit's learners (a
-    month's are its days') and brings the set stored for it; here each unit's two
-    sets are merged as soon as it arrives, and the units are written back
-    `_ROWS_PER_CHUNK` at a time. The lists are the bulky part, so they are read
-    `_LISTS_PER_READ` at a time: memory holds a few hundred lists, the batch's
-    months and one chunk of merged sets, however long the batch.
+    Read in a read-only snapshot of its own on `conn`, while the fold's
+    transaction adds the half to the per-learner tables: the half does not change
+    once sealed, its learners were numbered before, and only the folder writes the
+    rollups, so the snapshot sees what the fold's transaction would. PostgreSQL
+    sums the half per unit, lists each unit's learners (a month's are its days')
+    and brings the set stored for it; here the two sets are merged and stored
+    serialized. The lists are the bulky part, so they are read `_LISTS_PER_READ`
+    at a time: memory holds a few hundred lists, the half's months, and its units'
+    sums and serialized sets.
     """
-    chunk: list[_Unit] = []
+    chunks = [_Chunk()]
     months: dict[tuple[datetime, str], learner_sets.LearnerSet] = {}
-    async for row in conn.cursor(query("fold_rollup_deltas"), prefetch=_LISTS_PER_READ):
-        if row["unit"] == "month":
-            learners = months.pop((row["start"], row["country"]))
-        else:
-            learners = learner_sets.LearnerSet(row["learners"])
-            if row["unit"] == "day":
-                month = months.setdefault(
-                    (units.floor("month", row["start"]), row["country"]), learner_sets.LearnerSet()
-                )
-                month |= learners
-        if row["stored"] is not None:
-            learners |= learner_sets.load(row["stored"])
-        chunk.append(
-            _Unit(
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        await conn.execute(query("fold_read_settings"))
+        deltas = conn.cursor(query("fold_rollup_deltas"), sealed, prefetch=_LISTS_PER_READ)
+        async for row in deltas:
+            if row["unit"] == "month":
+                learners = months.pop((row["start"], row["country"]))
+            else:
+                learners = learner_sets.LearnerSet(row["learners"])
+                if row["unit"] == "day":
+                    key = (units.floor("month", row["start"]), row["country"])
+                    months.setdefault(key, learner_sets.LearnerSet()).update(learners)
+            if row["stored"] is not None:
+                learners |= learner_sets.load(row["stored"])
+            if len(chunks[-1]) == _ROWS_PER_CHUNK:
+                chunks.append(_Chunk())
+            chunks[-1].add(row, learners)
+    return chunks
+
+
+class _Chunk:
+    """Rollup units as fold_store_rollups.sql takes them: sums added, merged sets replacing."""
+
+    def __init__(self) -> None:
+        self._columns: tuple[list[Any], ...] = tuple([] for _ in range(8))
+
+    def __len__(self) -> int:
+        return len(self._columns[0])
+
+    def add(self, row: asyncpg.Record, learners: learner_sets.LearnerSet) -> None:
+        """One unit: its key and the half's sums from `row`, and its merged set."""
+        for column, value in zip(
+            self._columns,
+            (
                 row["unit"],
                 row["start"],
                 row["country"],
                 row["events"],
                 row["word_count"],
                 row["study_seconds"],
-                learners,
-            )
-        )
-        if len(chunk) == _ROWS_PER_CHUNK:
-            await _store_chunk(conn, chunk)
-            chunk = []
-    if chunk:
-        await _store_chunk(conn, chunk)
+                len(learners),
+                learner_sets.dump(learners),
+            ),
+            strict=True,
+        ):
+            column.append(value)
 
-
-async def _store_chunk(conn: asyncpg.Connection, chunk: list[_Unit]) -> None:
-    """Write one chunk of units back: the batch's sums are added, the merged sets replace."""
-    await conn.execute(
-        query("fold_store_rollups"),
-        [unit.unit for unit in chunk],
-        [unit.start for unit in chunk],
-        [unit.country for unit in chunk],
-        [unit.events for unit in chunk],
-        [unit.word_count for unit in chunk],
-        [unit.study_seconds for unit in chunk],
-        [len(unit.learners) for unit in chunk],
-        [learner_sets.dump(unit.learners) for unit in chunk],
-    )
+    def columns(self) -> tuple[list[Any], ...]:
+        """The statement's eight arguments."""
+        return self._columns

@@ -2,12 +2,9 @@
 -- (the finest unit any rollup needs) and country, with the oldest receive time,
 -- for the statements of the same transaction. Private to the folder's session;
 -- emptied at every commit. A batch is grouped several times over; give it
--- memory for that. Groups are found by sorting: a batch's groups are many and
--- hashing them spills (each list of learners has a memory context of its own),
--- while a sort also hands the upserts their rows in key order.
+-- memory for that.
 SET temp_buffers = '256MB';
 SET work_mem = '256MB';
-SET enable_hashagg = off;
 CREATE TEMPORARY TABLE IF NOT EXISTS fold_batch (
     user_id       uuid        NOT NULL,
     slot          timestamptz NOT NULL,

@@ -1,21 +1,31 @@
--- What the batch adds to every rollup unit it touches: its slots (every country
--- together), and its hours, days and months per country and for every country
--- together. Each unit comes with the batch's sums, the numbers of the learners
--- the batch has there (a learner may be listed more than once), and the set
--- stored for the unit (NULL for a unit the batch starts), so that the folder
--- merges sets without asking again. In key order, the order the folder writes
--- the units back in.
+-- What the sealed half $1 of the log adds to every rollup unit it touches: its
+-- slots (every country together), and its hours, days and months per country
+-- and for every country together. Each unit comes with the half's sums, the
+-- numbers of the learners it has there (a learner may be listed more than
+-- once), and the set stored for the unit (NULL for a unit the half starts), so
+-- that the folder merges sets without asking again. In key order, the order the
+-- folder writes the units back in.
 --
 -- A month's list would be as long as the batch; months come without one, after
 -- all their days ('day' < 'month'), and the folder unites the days' sets.
-WITH numbered AS (
-    SELECT b.slot,
-           date_bin('1 hour', b.slot, timestamptz 'epoch') AS hour,
-           date_bin('1 day', b.slot, timestamptz 'epoch') AS day,
-           date_trunc('month', b.slot, 'UTC') AS month,
-           b.country, b.events, b.word_count, b.study_seconds, l.learner
-    FROM fold_batch AS b
+--
+-- Read in a snapshot of its own, beside the fold's transaction: the half does
+-- not change once sealed, its learners are numbered before (see
+-- fold_number_learners.sql) and only the folder writes the rollups.
+WITH slotted AS (
+    SELECT date_bin('15 minutes', p.occurred_at, timestamptz 'epoch') AS slot, p.country,
+           p.word_count, p.study_seconds, l.learner
+    FROM pending_events AS p
     JOIN learners AS l USING (user_id)
+    WHERE p.half = $1
+),
+numbered AS (
+    SELECT slot,
+           date_bin('1 hour', slot, timestamptz 'epoch') AS hour,
+           date_bin('1 day', slot, timestamptz 'epoch') AS day,
+           date_trunc('month', slot, 'UTC') AS month,
+           country, word_count, study_seconds, learner
+    FROM slotted
 ),
 deltas AS (
     SELECT CASE
@@ -26,7 +36,7 @@ deltas AS (
            END AS unit,
            coalesce(slot, hour, day, month) AS start,
            CASE WHEN grouping(country) = 0 THEN country ELSE '*' END AS country,
-           sum(events) AS events, sum(word_count) AS word_count,
+           count(*) AS events, sum(word_count) AS word_count,
            sum(study_seconds) AS study_seconds,
            CASE WHEN grouping(slot, hour, day) <> 7 THEN array_agg(learner) END AS learners
     FROM numbered
