@@ -70,12 +70,18 @@ class Folder:
     """Moves pending events into the rollups, batch by batch, while this server holds the lock.
 
     Args:
-        pool: the server's pool; the folder keeps one of its connections.
+        pool: the server's pool; the folder keeps one of its connections and
+            borrows a second while it folds, so it needs at least two.
         idle_seconds: how long to wait before looking again when the log was
             found (nearly) empty or another server holds the lock.
+
+    Raises:
+        ValueError: the pool holds fewer than two connections.
     """
 
     def __init__(self, pool: asyncpg.Pool, *, idle_seconds: float) -> None:
+        if pool.get_max_size() < 2:
+            raise ValueError("folding needs a pool of at least two connections")
         self._pool = pool
         self._idle_seconds = idle_seconds
         self.folded = 0
@@ -133,7 +139,8 @@ class Folder:
                             await conn.execute(query("fold_learner_hours"))
                             await conn.execute(query("fold_learner_months"), LEADERS_LENGTH)
                             for chunk in await rollups:
-                                await conn.execute(query("fold_store_rollups"), *chunk.columns())
+                                columns = [list(column) for column in zip(*chunk, strict=True)]
+                                await conn.execute(query("fold_store_rollups"), *columns)
                             await _clear(conn, sealed)
                 finally:
                     rollups.cancel()
@@ -178,7 +185,7 @@ async def _clear(conn: asyncpg.Connection, sealed: int) -> None:
     await conn.execute(query("fold_delete"), sealed)
 
 
-async def _rollup_chunks(conn: asyncpg.Connection, sealed: int) -> list[_Chunk]:
+async def _rollup_chunks(conn: asyncpg.Connection, sealed: int) -> list[list[tuple[Any, ...]]]:
     """Everyone's rollup units the sealed half touches, merged with what is stored.
 
     Read in a read-only snapshot of its own on `conn`, while the fold's
@@ -186,12 +193,13 @@ async def _rollup_chunks(conn: asyncpg.Connection, sealed: int) -> list[_Chunk]:
     once sealed, its learners were numbered before, and only the folder writes the
     rollups, so the snapshot sees what the fold's transaction would. PostgreSQL
     sums the half per unit, lists each unit's learners (a month's are its days')
-    and brings the set stored for it; here the two sets are merged and stored
-    serialized. The lists are the bulky part, so they are read `_LISTS_PER_READ`
-    at a time: memory holds a few hundred lists, the half's months, and its units'
-    sums and serialized sets.
+    and brings the set stored for it; here the two sets are merged and serialized.
+    Each unit is a row of fold_store_rollups.sql's arguments, `_ROWS_PER_CHUNK` to
+    a chunk. The lists are the bulky part, so they are read `_LISTS_PER_READ` at a
+    time: memory holds a few hundred lists, the half's months, and its units' sums
+    and serialized sets.
     """
-    chunks = [_Chunk()]
+    chunks: list[list[tuple[Any, ...]]] = []
     months: dict[tuple[datetime, str], learner_sets.LearnerSet] = {}
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         await conn.execute(query("fold_read_settings"))
@@ -206,39 +214,18 @@ async def _rollup_chunks(conn: asyncpg.Connection, sealed: int) -> list[_Chunk]:
                     months.setdefault(key, learner_sets.LearnerSet()).update(learners)
             if row["stored"] is not None:
                 learners |= learner_sets.load(row["stored"])
-            if len(chunks[-1]) == _ROWS_PER_CHUNK:
-                chunks.append(_Chunk())
-            chunks[-1].add(row, learners)
+            if not chunks or len(chunks[-1]) == _ROWS_PER_CHUNK:
+                chunks.append([])
+            chunks[-1].append(
+                (
+                    row["unit"],
+                    row["start"],
+                    row["country"],
+                    row["events"],
+                    row["word_count"],
+                    row["study_seconds"],
+                    len(learners),
+                    learner_sets.dump(learners),
+                )
+            )
     return chunks
-
-
-class _Chunk:
-    """Rollup units as fold_store_rollups.sql takes them: sums added, merged sets replacing."""
-
-    def __init__(self) -> None:
-        self._columns: tuple[list[Any], ...] = tuple([] for _ in range(8))
-
-    def __len__(self) -> int:
-        return len(self._columns[0])
-
-    def add(self, row: asyncpg.Record, learners: learner_sets.LearnerSet) -> None:
-        """One unit: its key and the half's sums from `row`, and its merged set."""
-        for column, value in zip(
-            self._columns,
-            (
-                row["unit"],
-                row["start"],
-                row["country"],
-                row["events"],
-                row["word_count"],
-                row["study_seconds"],
-                len(learners),
-                learner_sets.dump(learners),
-            ),
-            strict=True,
-        ):
-            column.append(value)
-
-    def columns(self) -> tuple[list[Any], ...]:
-        """The statement's eight arguments."""
-        return self._columns

@@ -20,7 +20,7 @@ from daily_aggregator.server import activity
 from daily_aggregator.server.app import RunningServer, start_server
 from daily_aggregator.server.config import Settings
 from daily_aggregator.server.database import create_pool, snapshot
-from daily_aggregator.server.folding import LEADERS_LENGTH
+from daily_aggregator.server.folding import LEADERS_LENGTH, Folder
 from daily_aggregator.server.requests import Countries
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
@@ -294,6 +294,16 @@ async def test_month_leaders_stay_the_best_learners_as_folds_raise_others_past_t
             )
             best = sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
             assert [(r.key, r.word_count) for r in answer.rows] == best
+
+
+async def test_the_folder_refuses_a_pool_too_small_to_fold_with(database_url: str) -> None:
+    # A fold reads everyone's rollups on a second connection; with one it would wait forever.
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    try:
+        with pytest.raises(ValueError, match="at least two connections"):
+            Folder(pool, idle_seconds=0.1)
+    finally:
+        await pool.close()
 
 
 async def test_two_servers_on_one_database_fold_every_event_once(database_url: str) -> None:
