@@ -148,11 +148,12 @@ a stream it is still sending (grpc/grpc#36066); the server's own INTERNAL says o
 async def call(method: Any, request: Any) -> Outcome:
     """The outcome of one call; a stream is given as a list of its messages.
 
-    A stream the client reports as its own internal error is sent again (at most five
-    times), since that report hides the status the server sent; resending a stream is safe,
+    A stream the client reports as its own internal error is sent again (at most twenty
+    times: on a loaded machine five in a row happened), since that report hides the status
+    the server sent; resending a stream is safe,
     as what its first attempt stored comes back as duplicates.
     """
-    for _ in range(5):
+    for _ in range(20):
         try:
             response = await method(
                 iter(request) if isinstance(request, list) else request, timeout=60
