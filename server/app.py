@@ -36,6 +36,7 @@ from daily_aggregator.server.embedded import (
     EmbeddedPostgresError,
 )
 from daily_aggregator.server.folding import Folder
+from daily_aggregator.server.interception import StatusLastInterceptor
 from daily_aggregator.server.metrics import MetricsEndpoint, MetricsInterceptor, watch
 from daily_aggregator.server.rate_limits import RateLimiter, RateLimitInterceptor
 from daily_aggregator.server.service import AggregatorService
@@ -128,8 +129,10 @@ async def _start_server(
     registry = _token_registry(settings.tokens_file)
     # Metrics and traces come first, then the access log, so that they also see the calls
     # the others turn away; tokens and rates are checked before admission, so calls turned
-    # away for them take no slot.
+    # away for them take no slot. Before them all, the one that sends an aborted call's
+    # status once they have all seen it.
     interceptors: list[grpc.aio.ServerInterceptor] = [
+        StatusLastInterceptor(prefix),
         *_telemetry(prefix, settings, telemetry),
         AccessLogInterceptor(
             prefix, caller_name=registry.caller_name if registry is not None else None

@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -16,6 +16,7 @@ __all__ = [
     "Deserializer",
     "Outcome",
     "ServiceInterceptor",
+    "StatusLastInterceptor",
     "final_code",
     "observed",
     "with_behavior",
@@ -130,3 +131,60 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
         self, method: str, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         """The handler to run for a call of `method` (its name within the service)."""
+
+
+class StatusLastInterceptor(ServiceInterceptor):
+    """Sends the status of an aborted call only once every interceptor has seen it end.
+
+    grpc.aio's `abort` sends the status at once, so a client could hold its answer before
+    the interceptors around the aborting one had counted, traced or logged the call. This
+    one comes first and hands the others a context whose `abort` sets the code and details
+    and raises; the status goes out here, after all of them.
+    """
+
+    def intercept(
+        self, method: str, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        return with_behavior(handler, _status_last)
+
+
+def _status_last(behavior: Behavior) -> Behavior:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(request, _HoldingContext(context))
+        except _HeldAbort as held:
+            await context.abort(held.code, held.details, held.trailing_metadata)
+
+    return call
+
+
+class _HeldAbort(grpc.aio.AbortError):  # type: ignore[misc]  # grpc is untyped
+    """An abort whose status `StatusLastInterceptor` has yet to send."""
+
+    def __init__(
+        self, code: grpc.StatusCode, details: str, trailing_metadata: tuple[Any, ...]
+    ) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
+
+
+class _HoldingContext:
+    """A call's context, except that `abort` holds the status back (see _HeldAbort)."""
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        self._context = context
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()
+    ) -> NoReturn:
+        self._context.set_code(code)
+        self._context.set_details(details)
+        raise _HeldAbort(code, details, tuple(trailing_metadata))
+
+    async def abort_with_status(self, status: grpc.Status) -> NoReturn:
+        await self.abort(status.code, status.details, status.trailing_metadata)

@@ -89,19 +89,10 @@ async def cli(*args: str, stdin: bytes | None = None, env: Mapping[str, str] | N
     return run
 
 
-async def logged(
-    records: Sequence[logging.LogRecord], logger: str, count: int, *, within: float = 5.0
-) -> list[logging.LogRecord]:
-    """The records of `logger` among `records` (pytest's caplog.records) once there are
-    `count`, or those there are after `within` seconds.
+def logged(records: Sequence[logging.LogRecord], logger: str) -> list[logging.LogRecord]:
+    """The records of `logger` among `records` (pytest's caplog.records).
 
-    A call's access-log line is written after its status is on the way, so the caller may
-    see the status a moment before the line exists.
+    A call's access-log line is written before its status is sent, so once a caller has
+    its answer or its error, the line is there.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        found = [r for r in records if r.name == logger]
-        if len(found) >= count or loop.time() > deadline:
-            return found
-        await asyncio.sleep(0.02)
+    return [r for r in records if r.name == logger]

@@ -240,7 +240,7 @@ async def test_the_access_log_names_the_token_and_never_shows_it(
         with pytest.raises(grpc.aio.AioRpcError):
             await run[method](metadata)
 
-    records = await logged(caplog.records, "daily_aggregator.access", 4)
+    records = logged(caplog.records, "daily_aggregator.access")
     lines = [r.getMessage() for r in records]
     peer = r"ipv[46]:\S+"
     expected = [
@@ -392,3 +392,30 @@ async def test_mutual_tls_admits_only_clients_with_a_certificate_from_the_client
         env={"DAILY_AGGREGATOR_TLS_CLIENT_CA": str(client_ca)},
     )
     assert parsed.tls_client_ca == client_ca
+
+
+async def test_every_call_is_logged_before_its_caller_has_the_status(
+    scoped_stub: Stub, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Refused by the token check, by the handler's validation, and answered: in each case
+    # the line is written before the status leaves, so a caller never gets there first.
+    caplog.set_level(logging.INFO, logger="daily_aggregator.access")
+    expected = []
+    for attempt in range(150):
+        kind = attempt % 3
+        if kind == 0:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await scoped_stub.Uniques(pb.UniquesRequest(), metadata=bearer("etl"))
+            expected.append("Uniques PERMISSION_DENIED")
+        elif kind == 1:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await scoped_stub.Uniques(pb.UniquesRequest(), metadata=bearer("dashboard"))
+            expected.append("Uniques INVALID_ARGUMENT")
+        else:
+            await scoped_stub.Summary(
+                pb.SummaryRequest(start_time=timestamp(START), end_time=timestamp(END)),
+                metadata=bearer("dashboard"),
+            )
+            expected.append("Summary OK")
+        lines = [r.getMessage().split() for r in logged(caplog.records, "daily_aggregator.access")]
+        assert [f"{words[0]} {words[2]}" for words in lines] == expected
