@@ -1,4 +1,5 @@
-"""What the server's interceptors share: the calls they apply to, and rebuilt handlers."""
+"""What the server's interceptors share: the calls they apply to, rebuilt handlers, how a call
+ended, and the status of an aborted call sent only once they have all seen it."""
 
 from __future__ import annotations
 
