@@ -142,6 +142,9 @@ class Tiles:
     @classmethod
     def of(cls, spans: Iterable[tuple[datetime, datetime]], units: Sequence[str] = UNITS) -> Tiles:
         """Tile every span with `units` (coarsest first)."""
+        spans = list(spans)
+        if _one_run(spans, units):
+            return cls(Runs([units[0]], [spans[0][0]], [spans[-1][1]]), [], [])
         tilings = [tile(lo, hi, units) for lo, hi in spans]
         edges = [edge for tiling in tilings for edge in tiling.edges]
         return cls(
@@ -149,3 +152,19 @@ class Tiles:
             [lo for lo, _ in edges],
             [hi for _, hi in edges],
         )
+
+
+def _one_run(spans: Sequence[tuple[datetime, datetime]], units: Sequence[str]) -> bool:
+    """Whether `spans` follow each other end to end on the grid of the coarsest of `units`,
+    which has a fixed length: then together they are one run of it (a learner's local days
+    are runs of hours in most zones), and tiling them one by one would only join them again.
+    """
+    length = _LENGTHS.get(units[0]) if units else None
+    if length is None or not spans:
+        return False
+    previous_end = spans[0][0]
+    for lo, hi in spans:
+        if lo != previous_end or hi <= lo or (hi - _EPOCH) % length:
+            return False
+        previous_end = hi
+    return not (spans[0][0] - _EPOCH) % length
