@@ -242,7 +242,8 @@ async def assert_month_leaders_hold(pool: asyncpg.Pool) -> int:
             (-t, u) for t, u in zip(row["totals"], listed, strict=True)
         ), where
         assert len(listed) == min(LEADERS_LENGTH, len(actual)), where
-        left_out = [total for user, total in actual.items() if user not in set(listed)]
+        named = set(listed)
+        left_out = [total for user, total in actual.items() if user not in named]
         assert max(left_out, default=0) <= row["bound"] <= min(row["totals"]), where
         full += len(listed) == LEADERS_LENGTH
     return full

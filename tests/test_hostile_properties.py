@@ -150,8 +150,8 @@ async def call(method: Any, request: Any) -> Outcome:
 
     A stream the client reports as its own internal error is sent again (at most twenty
     times: on a loaded machine five in a row happened), since that report hides the status
-    the server sent; resending a stream is safe,
-    as what its first attempt stored comes back as duplicates.
+    the server sent; resending a stream is safe, as what its first attempt stored comes
+    back as duplicates.
     """
     for _ in range(20):
         try:
