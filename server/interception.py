@@ -18,7 +18,6 @@ __all__ = [
     "Outcome",
     "ServiceInterceptor",
     "StatusLastInterceptor",
-    "final_code",
     "observed",
     "with_behavior",
 ]
@@ -53,7 +52,7 @@ def with_behavior(
     return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **codecs)
 
 
-def final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
+def _final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
     """The status a call ended with, given what its behavior raised (None: it returned).
 
     CANCELLED when it was cancelled; otherwise the code it aborted with or set, OK when it
@@ -73,7 +72,7 @@ class Outcome:
     """How one call ended, as the interceptors that watch calls report it."""
 
     code: grpc.StatusCode
-    """See `final_code`."""
+    """See `_final_code`."""
     response: Any
     """What the behavior returned; None when it raised."""
     error: BaseException | None
@@ -102,7 +101,7 @@ def observed(
             raise
         finally:
             seconds = time.perf_counter() - began
-            finished(context, Outcome(final_code(context, error), response, error, seconds))
+            finished(context, Outcome(_final_code(context, error), response, error, seconds))
 
     return call
 
