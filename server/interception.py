@@ -72,7 +72,8 @@ class Outcome:
     """How one call ended, as the interceptors that watch calls report it."""
 
     code: grpc.StatusCode
-    """See `_final_code`."""
+    """CANCELLED when the call was cancelled; else the code it aborted with or set, OK when
+    it returned without one, UNKNOWN for an exception that escaped without one."""
     response: Any
     """What the behavior returned; None when it raised."""
     error: BaseException | None
