@@ -7,7 +7,7 @@ several servers may be the folder) folds a batch in three steps:
 1. seals the half ingest appends to, so new events go to the other half, and
    numbers the learners of the sealed half it has not seen;
 2. in one transaction: waits for the appends already under way into the sealed
-   half, sums it per learner, slot and country, adds it to each learner's hours
+   half, sums it per learner, hour and country, adds it to each learner's hours
    and months and to the month leaders, adds it to everyone's slots, hours, days
    and months (per country and for every country together, merging its learners
    into each unit's learner set), and empties the half with TRUNCATE. Everyone's

@@ -1,9 +1,7 @@
 -- Adds the batch to learner_hours, in key order.
 INSERT INTO learner_hours AS r (user_id, hour, country, events, word_count, study_seconds)
-SELECT user_id, date_bin('1 hour', slot, timestamptz 'epoch'), country, sum(events), sum(word_count),
-       sum(study_seconds)
+SELECT user_id, hour, country, events, word_count, study_seconds
 FROM fold_batch
-GROUP BY 1, 2, 3
 ORDER BY 1, 2, 3
 ON CONFLICT (user_id, hour, country) DO UPDATE
 SET events = r.events + excluded.events,

@@ -14,7 +14,7 @@
 -- has bound 0, so every learner of the batch enters it.
 WITH changed AS (
     INSERT INTO learner_months AS m (user_id, month, events, word_count, study_seconds)
-    SELECT user_id, date_trunc('month', slot, 'UTC'), sum(events), sum(word_count), sum(study_seconds)
+    SELECT user_id, date_trunc('month', hour, 'UTC'), sum(events), sum(word_count), sum(study_seconds)
     FROM fold_batch
     GROUP BY 1, 2
     ORDER BY 1, 2

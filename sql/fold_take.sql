@@ -1,9 +1,9 @@
--- Reads the sealed half $1 of the log into fold_batch, summed per learner, slot
+-- Reads the sealed half $1 of the log into fold_batch, summed per learner, hour
 -- and country; returns how many events it holds, and when the oldest of them
 -- was received.
 WITH kept AS (
-    INSERT INTO fold_batch (user_id, slot, country, events, word_count, study_seconds, oldest)
-    SELECT user_id, date_bin('15 minutes', occurred_at, timestamptz 'epoch'), country, count(*),
+    INSERT INTO fold_batch (user_id, hour, country, events, word_count, study_seconds, oldest)
+    SELECT user_id, date_bin('1 hour', occurred_at, timestamptz 'epoch'), country, count(*),
            sum(word_count), sum(study_seconds), min(received_at)
     FROM pending_events
     WHERE half = $1
