@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -185,6 +185,27 @@ async def _clear(conn: asyncpg.Connection, sealed: int) -> None:
     await conn.execute(query("fold_delete"), sealed)
 
 
+@dataclass
+class _Delta:
+    """What a batch adds to one rollup unit: its sums and the set of its learners there."""
+
+    events: int = 0
+    word_count: int = 0
+    study_seconds: int = 0
+    learners: learner_sets.LearnerSet = field(default_factory=learner_sets.LearnerSet)
+
+    def add(self, other: _Delta) -> None:
+        """Add the sums and learners of a finer unit inside this one."""
+        self.events += other.events
+        self.word_count += other.word_count
+        self.study_seconds += other.study_seconds
+        self.learners |= other.learners
+
+
+_Key = tuple[str, datetime, str]
+"""A rollup unit's key: unit, start and country."""
+
+
 async def _rollup_chunks(conn: asyncpg.Connection, sealed: int) -> list[list[tuple[Any, ...]]]:
     """Everyone's rollup units the sealed half touches, merged with what is stored.
 
@@ -192,40 +213,63 @@ async def _rollup_chunks(conn: asyncpg.Connection, sealed: int) -> list[list[tup
     transaction adds the half to the per-learner tables: the half does not change
     once sealed, its learners were numbered before, and only the folder writes the
     rollups, so the snapshot sees what the fold's transaction would. PostgreSQL
-    sums the half per unit, lists each unit's learners (a month's are its days')
-    and brings the set stored for it; here the two sets are merged and serialized.
-    Each unit is a row of fold_store_rollups.sql's arguments, `_ROWS_PER_CHUNK` to
-    a chunk. The lists are the bulky part, so they are read `_LISTS_PER_READ` at a
-    time: memory holds a few hundred lists, the half's months, and its units' sums
-    and serialized sets.
+    sums the half per slot and per hour and country, lists each one's learners
+    and brings the set stored for it; here the coarser units are derived from
+    the hours per country (every country's hour, then days, then months), their
+    stored sets are looked up, and every set is merged and serialized. Each unit
+    is a row of fold_store_rollups.sql's arguments, `_ROWS_PER_CHUNK` to a chunk.
+    The lists are the bulky part, so they are read `_LISTS_PER_READ` at a time:
+    memory holds a few hundred lists, the sets of the coarser units the half
+    touches, and its units' sums and serialized sets.
     """
     chunks: list[list[tuple[Any, ...]]] = []
-    months: dict[tuple[datetime, str], learner_sets.LearnerSet] = {}
+
+    def emit(key: _Key, delta: _Delta, stored: bytes | None) -> None:
+        if stored is not None:
+            delta.learners |= learner_sets.load(stored)
+        if not chunks or len(chunks[-1]) == _ROWS_PER_CHUNK:
+            chunks.append([])
+        chunks[-1].append(
+            (
+                *key,
+                delta.events,
+                delta.word_count,
+                delta.study_seconds,
+                len(delta.learners),
+                learner_sets.dump(delta.learners),
+            )
+        )
+
+    hours: dict[_Key, _Delta] = {}
+    days: dict[_Key, _Delta] = {}
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         await conn.execute(query("fold_read_settings"))
         deltas = conn.cursor(query("fold_rollup_deltas"), sealed, prefetch=_LISTS_PER_READ)
         async for row in deltas:
-            if row["unit"] == "month":
-                learners = months.pop((row["start"], row["country"]))
-            else:
-                learners = learner_sets.LearnerSet(row["learners"])
-                if row["unit"] == "day":
-                    key = (units.floor("month", row["start"]), row["country"])
-                    months.setdefault(key, learner_sets.LearnerSet()).update(learners)
-            if row["stored"] is not None:
-                learners |= learner_sets.load(row["stored"])
-            if not chunks or len(chunks[-1]) == _ROWS_PER_CHUNK:
-                chunks.append([])
-            chunks[-1].append(
-                (
-                    row["unit"],
-                    row["start"],
-                    row["country"],
-                    row["events"],
-                    row["word_count"],
-                    row["study_seconds"],
-                    len(learners),
-                    learner_sets.dump(learners),
-                )
+            key = (row["unit"], row["start"], row["country"])
+            delta = _Delta(
+                row["events"],
+                row["word_count"],
+                row["study_seconds"],
+                learner_sets.LearnerSet(row["learners"]),
             )
+            if row["unit"] == "hour":
+                hours.setdefault(("hour", row["start"], "*"), _Delta()).add(delta)
+                day = units.floor("day", row["start"])
+                days.setdefault(("day", day, row["country"]), _Delta()).add(delta)
+            emit(key, delta, row["stored"])
+        months: dict[_Key, _Delta] = {}
+        for (_, day, country), delta in list(days.items()):
+            days.setdefault(("day", day, "*"), _Delta()).add(delta)
+            month = units.floor("month", day)
+            months.setdefault(("month", month, country), _Delta()).add(delta)
+            months.setdefault(("month", month, "*"), _Delta()).add(delta)
+        derived = hours | days | months
+        keys = [[key[column] for key in derived] for column in range(3)]
+        stored = {
+            (row["unit"], row["start"], row["country"]): row["learners"]
+            for row in await conn.fetch(query("stored_learner_sets"), *keys)
+        }
+    for key, delta in derived.items():
+        emit(key, delta, stored.get(key))
     return chunks
