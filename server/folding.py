@@ -4,8 +4,8 @@ Ingest appends what it stores to one half of `pending_events`. Every server runs
 a folder; the one that takes the fold lock (an advisory lock, so any one of
 several servers may be the folder) folds a batch in three steps:
 
-1. seals the half ingest appends to, so new events go to the other half, and
-   numbers the learners of the sealed half it has not seen;
+1. seals the half ingest appends to, so new events go to the other half, samples
+   the sealed half for the planner, and numbers its learners it has not seen;
 2. in one transaction: waits for the appends already under way into the sealed
    half, sums it per learner, hour and country, adds it to each learner's hours
    and months and to the month leaders, adds it to everyone's slots, hours, days
@@ -125,6 +125,7 @@ class Folder:
                 self.pending, self.latest_lag_seconds = 0, 0.0
                 return Fold(0, 0.0)
             sealed = await conn.fetchval(query("fold_seal"))
+            await conn.execute(query("fold_analyze"), sealed)
             await conn.execute(query("fold_number_learners"), sealed)
             async with self._pool.acquire() as reader:
                 # Everyone's rollups are read on a second connection while this one adds
