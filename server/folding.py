@@ -255,17 +255,19 @@ async def _rollup_chunks(conn: asyncpg.Connection, sealed: int) -> list[list[tup
                 learner_sets.LearnerSet(row["learners"]),
             )
             if row["unit"] == "hour":
+                # Into the coarser units first: emit merges the stored set into this one.
                 hours.setdefault(("hour", row["start"], "*"), _Delta()).add(delta)
                 day = units.floor("day", row["start"])
                 days.setdefault(("day", day, row["country"]), _Delta()).add(delta)
             emit(key, delta, row["stored"])
+        whole_days: dict[_Key, _Delta] = {}
         months: dict[_Key, _Delta] = {}
-        for (_, day, country), delta in list(days.items()):
-            days.setdefault(("day", day, "*"), _Delta()).add(delta)
+        for (_, day, country), delta in days.items():
+            whole_days.setdefault(("day", day, "*"), _Delta()).add(delta)
             month = units.floor("month", day)
             months.setdefault(("month", month, country), _Delta()).add(delta)
             months.setdefault(("month", month, "*"), _Delta()).add(delta)
-        derived = hours | days | months
+        derived = hours | days | whole_days | months
         keys = [[key[column] for key in derived] for column in range(3)]
         stored = {
             (row["unit"], row["start"], row["country"]): row["learners"]
