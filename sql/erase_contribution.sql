@@ -2,7 +2,7 @@
 -- events less their pending ones (which the folder has not added), per
 -- 15-minute slot for every country together and per UTC hour, day and month
 -- for their country and for every country together, as the folder adds them
--- (fold_take.sql, fold_rollup_deltas.sql). Only units with folded events of
+-- (fold_rollup_deltas.sql and server/folding.py). Only units with folded events of
 -- theirs, in key order. Run while holding the fold lock, so that nothing is
 -- folded meanwhile.
 WITH slots AS (
