@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import importlib.util
 import itertools
 import logging
@@ -40,6 +39,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import urllib.parse
 from collections.abc import Callable
@@ -83,10 +83,11 @@ _ANSWER_TIMEOUT = 60.0
 _STOP_TIMEOUT = 30.0
 _STRAY_TIMEOUT = 10.0
 _POLL_INTERVAL = 0.1
-_PR_SET_PDEATHSIG = 1
 # The kernel's flag (in /proc/PID/stat) on a process that has begun to exit.
 _PF_EXITING = 0x4
 _SIGKILL_BIT = 1 << (signal.SIGKILL - 1)
+
+_LAUNCHER = Path(__file__).with_name("launch.py")
 
 _log = logging.getLogger(__name__)
 
@@ -349,23 +350,38 @@ class EmbeddedPostgres:
     async def _spawn(
         self, args: list[str], log: int, account: pwd.struct_passwd | None
     ) -> asyncio.subprocess.Process:
-        # A session of its own keeps a terminal's Ctrl-C from reaching the server
-        # before the service has drained its RPCs.
+        # The launcher switches user, ties the child to this thread and execs
+        # (see launch.py). A session of its own keeps a terminal's Ctrl-C from
+        # reaching the server before the service has drained its RPCs.
+        uid, gid = (-1, -1) if account is None else (account.pw_uid, account.pw_gid)
+        launch = [sys.executable, "-I", "-S", str(_LAUNCHER)]
+        report, reported = os.pipe()
         try:
-            return await asyncio.create_subprocess_exec(
-                *args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                cwd=self.data_dir,
-                start_new_session=True,
-                user=None if account is None else account.pw_uid,
-                group=None if account is None else account.pw_gid,
-                extra_groups=None if account is None else [],
-                preexec_fn=_interrupt_on_parent_death(os.getpid()),
-            )
-        except OSError as exc:
-            raise EmbeddedPostgresError(f"cannot run {args[0]}: {exc.strerror}") from exc
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *launch,
+                    *(str(value) for value in (reported, os.getpid(), uid, gid)),
+                    *args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    cwd=self.data_dir,
+                    start_new_session=True,
+                    pass_fds=(reported,),
+                )
+            except OSError as exc:
+                raise EmbeddedPostgresError(f"cannot run {args[0]}: {exc.strerror}") from exc
+            finally:
+                os.close(reported)
+            # Nothing comes before the end once the program runs: exec closes the
+            # launcher's copy of the pipe.
+            failure = await asyncio.to_thread(_read_to_end, report)
+        finally:
+            os.close(report)
+        if failure:
+            await process.wait()
+            raise EmbeddedPostgresError(failure)
+        return process
 
     async def _wait_until_ready(self, log_offset: int) -> None:
         assert self._process is not None
@@ -547,19 +563,11 @@ def _shared_memory_attachments(shmid: int) -> int:
     return 0
 
 
-def _interrupt_on_parent_death(parent_pid: int) -> Callable[[], None]:
-    """A `preexec_fn` making the kernel send the child SIGINT when its parent dies."""
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def arrange() -> None:
-        # Runs after the switch of user, which would clear the setting.
-        if prctl(_PR_SET_PDEATHSIG, int(signal.SIGINT), 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        # The parent may have died before the setting took effect.
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-    return arrange
+def _read_to_end(fd: int) -> str:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
 
 
 async def _service_account() -> pwd.struct_passwd:

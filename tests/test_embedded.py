@@ -19,7 +19,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
+import grpc
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from daily_aggregator.server.embedded import (
     SERVICE_USER,
@@ -413,3 +415,38 @@ async def test_a_data_dir_that_cannot_be_created_is_a_clear_error(tmp_path: Path
         str(failed.value)
         == f"cannot create the data directory {occupied / 'data'}: Not a directory"
     )
+
+
+async def test_starts_while_the_process_serves_grpc_calls(tmp_path: Path) -> None:
+    # A forked copy of a process with gRPC threads can crash before it reaches exec
+    # (grpc/grpc#43055); under this load a start used to fail about one time in four.
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    answered = 0
+
+    async def ask_forever() -> None:
+        nonlocal answered
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            await stub.Check(health_pb2.HealthCheckRequest())
+            answered += 1
+
+    callers = [asyncio.create_task(ask_forever()) for _ in range(4)]
+    postgres = EmbeddedPostgres(tmp_path / "data")
+    try:
+        for start in range(6):
+            before = answered
+            async with postgres:
+                await add_note(postgres.dsn, f"start {start}")
+            assert answered > before, "no gRPC call was in flight during the start"
+        async with postgres:
+            assert await notes(postgres.dsn) == [f"start {start}" for start in range(6)]
+    finally:
+        for caller in callers:
+            caller.cancel()
+        await asyncio.gather(*callers, return_exceptions=True)
+        await channel.close()
+        await server.stop(None)
