@@ -7,13 +7,16 @@ import logging
 import os
 import sys
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 from google.protobuf import timestamp_pb2
 
+from daily_aggregator.server.queries import query
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
 
@@ -96,3 +99,15 @@ def logged(records: Sequence[logging.LogRecord], logger: str) -> list[logging.Lo
     its answer or its error, the line is there.
     """
     return [r for r in records if r.name == logger]
+
+
+@asynccontextmanager
+async def folder_held_off(pool: asyncpg.Pool) -> AsyncIterator[None]:
+    """Hold the fold lock, so that what is recorded meanwhile stays in the pending log."""
+    async with pool.acquire() as conn:
+        while not await conn.fetchval(query("fold_lock")):
+            await asyncio.sleep(0.01)  # the server's folder is in the middle of a fold
+        try:
+            yield
+        finally:
+            await conn.execute(query("fold_unlock"))

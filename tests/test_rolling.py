@@ -6,17 +6,13 @@ zoneinfo reference over random data is in test_compare.py.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 
 from daily_aggregator.server.folding import Folder
-from daily_aggregator.server.queries import query
 from daily_aggregator.v1 import aggregator_pb2 as pb
-from tests.support import event
+from tests.support import event, folder_held_off
 from tests.test_queries import USER_A, USER_B, USER_C, Stub, store, uniques, utc
 
 USER_D = "d0000000-0000-4000-8000-000000000000"
@@ -28,18 +24,6 @@ USER_G = "00000000-0000-4000-8000-000000000007"
 def counts(response: pb.UniquesResponse) -> list[tuple[str, int, int]]:
     """(local_start, unique_users, rolling_unique_users) of each bucket."""
     return [(b.local_start, b.unique_users, b.rolling_unique_users) for b in response.buckets]
-
-
-@asynccontextmanager
-async def folder_held_off(pool: asyncpg.Pool) -> AsyncIterator[None]:
-    """Hold the fold lock, so that what is recorded meanwhile stays in the pending log."""
-    async with pool.acquire() as conn:
-        while not await conn.fetchval(query("fold_lock")):
-            await asyncio.sleep(0.01)  # the server's folder is in the middle of a fold
-        try:
-            yield
-        finally:
-            await conn.execute(query("fold_unlock"))
 
 
 async def pending(pool: asyncpg.Pool) -> int:
