@@ -52,31 +52,57 @@ judged AS (
     FROM changed AS c
     JOIN bars AS b USING (month)
 ),
+-- Of the learners the batch raised above a bar, the $1-th largest total: none
+-- below it can enter the list, since $1 others stay ahead of it. So the lowest
+-- total that may enter is one above the bar or that total, whichever is more,
+-- and the ranking below sorts at most $1 new learners per list (plus ties),
+-- however many a batch raises: one that fills an empty year raises most of them.
+floors AS (
+    SELECT month,
+           greatest(max(events_bar) + 1,
+                    (array_agg(events ORDER BY events DESC)
+                         FILTER (WHERE events > events_bar))[$1]) AS events,
+           greatest(max(word_count_bar) + 1,
+                    (array_agg(word_count ORDER BY word_count DESC)
+                         FILTER (WHERE word_count > word_count_bar))[$1]) AS word_count,
+           greatest(max(study_seconds_bar) + 1,
+                    (array_agg(study_seconds ORDER BY study_seconds DESC)
+                         FILTER (WHERE study_seconds > study_seconds_bar))[$1]) AS study_seconds
+    FROM judged
+    GROUP BY month
+),
+placed AS (
+    SELECT j.month, j.user_id, j.events, j.word_count, j.study_seconds,
+           f.events AS events_floor, f.word_count AS word_count_floor,
+           f.study_seconds AS study_seconds_floor
+    FROM judged AS j
+    JOIN floors AS f USING (month)
+),
 contenders AS (
     SELECT month, 'events' AS metric, user_id, events AS total
-    FROM judged WHERE events > events_bar
+    FROM placed WHERE events >= events_floor
     UNION ALL
     SELECT month, 'word_count', user_id, word_count
-    FROM judged WHERE word_count > word_count_bar
+    FROM placed WHERE word_count >= word_count_floor
     UNION ALL
     SELECT month, 'study_seconds', user_id, study_seconds
-    FROM judged WHERE study_seconds > study_seconds_bar
+    FROM placed WHERE study_seconds >= study_seconds_floor
 ),
--- The largest total of each month and metric that stays below its bar.
+-- The largest total of each month and metric that stays below its floor.
 beneath AS (
-    SELECT j.month, t.metric, t.total
+    SELECT p.month, t.metric, t.total
     FROM (
         SELECT month,
-               max(events) FILTER (WHERE events <= events_bar) AS events,
-               max(word_count) FILTER (WHERE word_count <= word_count_bar) AS word_count,
-               max(study_seconds) FILTER (WHERE study_seconds <= study_seconds_bar)
+               max(events) FILTER (WHERE events < events_floor) AS events,
+               max(word_count) FILTER (WHERE word_count < word_count_floor) AS word_count,
+               max(study_seconds) FILTER (WHERE study_seconds < study_seconds_floor)
                    AS study_seconds
-        FROM judged
+        FROM placed
         GROUP BY month
-    ) AS j
+    ) AS p
     CROSS JOIN LATERAL (
-        VALUES ('events', j.events), ('word_count', j.word_count),
-               ('study_seconds', j.study_seconds)
+        VALUES ('events', p.events), ('word_count', p.word_count),
+               ('study_seconds', p.study_seconds)
     ) AS t (metric, total)
 ),
 listed AS (

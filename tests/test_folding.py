@@ -25,7 +25,7 @@ from daily_aggregator.server.requests import Countries
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
 from tests import test_queries_reference as reference
-from tests.support import event, record, timestamp
+from tests.support import event, folder_held_off, record, timestamp
 from tests.test_serve_command import start_serve
 
 Stub = aggregator_pb2_grpc.AggregatorServiceStub
@@ -295,6 +295,56 @@ async def test_month_leaders_stay_the_best_learners_as_folds_raise_others_past_t
             )
             best = sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
             assert [(r.key, r.word_count) for r in answer.rows] == best
+
+
+async def test_month_leaders_hold_when_one_fold_raises_far_more_learners_than_a_list(
+    stub: Stub, pool: asyncpg.Pool, server: RunningServer
+) -> None:
+    # A backfill raises most of its learners past the old lists: first into a month
+    # with no list yet, then past full lists. Only the best of them may be ranked, and
+    # every one passed over still bounds what the list leaves out.
+    rng = random.Random(12)
+    learners = [
+        str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(2 * LEADERS_LENGTH + 300)
+    ]
+    month = datetime(2025, 5, 1, tzinfo=UTC)
+    sent: list[pb.Event] = []
+    for chosen, most_words in (
+        (learners, 5000),
+        (rng.sample(learners, 3 * LEADERS_LENGTH // 2), 10000),
+    ):
+        batch = [
+            event(
+                user_id=user,
+                at=month + timedelta(days=rng.randrange(31), minutes=rng.randrange(1440)),
+                words=rng.randrange(most_words),
+                seconds=rng.randrange(1, 900),
+            )
+            for user in chosen
+            for _ in range(rng.randint(1, 3))
+        ]
+        async with folder_held_off(pool):  # so that one fold takes the whole batch
+            response = await record(stub, [batch[i : i + 500] for i in range(0, len(batch), 500)])
+            assert await pool.fetchval("SELECT count(*) FROM pending_events") == len(batch)
+        assert response.inserted == len(batch)
+        sent += batch
+        async with pool.acquire() as conn:
+            await server.folder.drain(conn)
+        assert await assert_month_leaders_hold(pool) == len(METRICS)
+        words: Counter[str] = Counter()
+        for e in sent:
+            words[e.user_id] += e.word_count
+        answer = await stub.Breakdown(
+            pb.BreakdownRequest(
+                start_time=timestamp(month),
+                end_time=timestamp(month.replace(month=6)),
+                dimension=pb.DIMENSION_USER,
+                metric=pb.METRIC_WORD_COUNT,
+                limit=10,
+            )
+        )
+        best = sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+        assert [(r.key, r.word_count) for r in answer.rows] == best
 
 
 async def test_the_folder_refuses_a_pool_too_small_to_fold_with(database_url: str) -> None:
