@@ -50,6 +50,9 @@ _CLEAR_PATIENCE = timedelta(milliseconds=200)
 """TRUNCATE waits for answers reading the log, and new answers wait behind it: it tries
 `_CLEAR_ATTEMPTS` times, waiting at most `_CLEAR_PATIENCE` each, before deleting rows."""
 
+_DRAIN_POLL_SECONDS = 0.01
+"""How often `Folder.drain` looks again while another folder holds the lock."""
+
 _ROWS_PER_CHUNK = 5000
 """Rollup units written back per statement."""
 
@@ -168,7 +171,8 @@ class Folder:
         while await conn.fetchval(query("fold_anything")):
             fold = await self.fold_once(conn)
             if fold is None:
-                await asyncio.sleep(self._idle_seconds)
+                # Not the folder's idle time, which may be long: the other fold ends soon.
+                await asyncio.sleep(_DRAIN_POLL_SECONDS)
             else:
                 moved += fold.events
         return moved
