@@ -111,3 +111,9 @@ async def folder_held_off(pool: asyncpg.Pool) -> AsyncIterator[None]:
             yield
         finally:
             await conn.execute(query("fold_unlock"))
+
+
+async def pending(pool: asyncpg.Pool) -> int:
+    """Events in the pending log: acknowledged and not yet folded."""
+    count: int = await pool.fetchval("SELECT count(*) FROM pending_events")
+    return count

@@ -26,7 +26,7 @@ from daily_aggregator.server.timezones import TimeZones
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from tests import test_queries_reference as reference
 from tests.conftest import serving
-from tests.support import event, record, timestamp
+from tests.support import event, folder_held_off, pending, record, timestamp
 from tests.test_queries import (
     USER_A,
     USER_B,
@@ -42,7 +42,6 @@ from tests.test_queries import (
     utc,
     violated_field,
 )
-from tests.test_rolling import folder_held_off, pending
 
 if TYPE_CHECKING:
     from tests.conftest import Cluster

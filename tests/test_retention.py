@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import json
 import random
 import uuid
@@ -28,12 +27,11 @@ import pytest
 from daily_aggregator.client import AsyncClient, Client, Granularity, RetentionResult
 from daily_aggregator.server.app import RunningServer
 from daily_aggregator.server.folding import Folder
-from daily_aggregator.server.queries import query
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
 from tests import test_queries_reference as reference
 from tests.conftest import Cluster, serving
-from tests.support import cli, event, record, timestamp
+from tests.support import cli, event, folder_held_off, pending, record, timestamp
 from tests.test_queries import violated_field
 
 Stub = aggregator_pb2_grpc.AggregatorServiceStub
@@ -283,20 +281,6 @@ async def test_buckets_that_have_not_begun_count_zero(stub: Stub) -> None:
     assert uniques.unique_users == 3
 
 
-@contextlib.asynccontextmanager
-async def folder_held(database_url: str) -> AsyncIterator[None]:
-    """Hold the fold lock: the server's folder folds nothing until the block ends."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        async with asyncio.timeout(30):
-            while not await conn.fetchval(query("fold_lock")):
-                await asyncio.sleep(0.01)
-        yield
-        await conn.execute(query("fold_unlock"))
-    finally:
-        await conn.close()
-
-
 async def drain(pool: asyncpg.Pool, database_url: str) -> None:
     """Fold everything pending now."""
     conn = await asyncpg.connect(database_url)
@@ -306,16 +290,11 @@ async def drain(pool: asyncpg.Pool, database_url: str) -> None:
         await conn.close()
 
 
-async def pending(pool: asyncpg.Pool) -> int:
-    count: int = await pool.fetchval("SELECT count(*) FROM pending_events")
-    return count
-
-
 async def test_answers_count_every_acknowledged_event_pending_or_folded(
     stub: Stub, pool: asyncpg.Pool, database_url: str
 ) -> None:
     span = ("2025-06-01T00:00Z", "2025-06-03T00:00Z")
-    async with folder_held(database_url):
+    async with folder_held_off(pool):
         await store(stub, (A, "2025-06-02T10:00Z"), (B, "2025-06-02T11:00Z"))
         await store(stub, (B, "2025-06-03T11:00Z"))
         assert await pending(pool) == 3
@@ -327,7 +306,7 @@ async def test_answers_count_every_acknowledged_event_pending_or_folded(
     assert triangle(await retention(stub, *span, periods=1)) == expected
 
     # A backfill: A's earlier event, still pending, makes A new on the 1st instead.
-    async with folder_held(database_url):
+    async with folder_held_off(pool):
         await store(stub, (A, "2025-06-01T23:00Z"))
         assert await pending(pool) == 1
         backfilled = await retention(stub, *span, periods=1)
@@ -627,7 +606,7 @@ async def test_answers_match_the_oracle_pending_and_folded(
     sent = random_events(rng, seed)
     rng.shuffle(sent)
     diffs = reference.Differences(seed)
-    async with folder_held(database_url):
+    async with folder_held_off(pool):
         response = await record(
             stub, [[e.message() for e in sent[i : i + 40]] for i in range(0, len(sent), 40)]
         )
@@ -655,7 +634,7 @@ async def test_cohorts_stay_exact_when_earlier_events_are_folded_after_later_one
     ]
     folded: list[reference.Sent] = []
     for part in thirds:
-        async with folder_held(database_url):
+        async with folder_held_off(pool):
             await record(stub, [[e.message() for e in part]])
             folded += part
             for _ in range(5):

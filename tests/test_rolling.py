@@ -12,7 +12,7 @@ import asyncpg
 
 from daily_aggregator.server.folding import Folder
 from daily_aggregator.v1 import aggregator_pb2 as pb
-from tests.support import event, folder_held_off
+from tests.support import event, folder_held_off, pending
 from tests.test_queries import USER_A, USER_B, USER_C, Stub, store, uniques, utc
 
 USER_D = "d0000000-0000-4000-8000-000000000000"
@@ -24,11 +24,6 @@ USER_G = "00000000-0000-4000-8000-000000000007"
 def counts(response: pb.UniquesResponse) -> list[tuple[str, int, int]]:
     """(local_start, unique_users, rolling_unique_users) of each bucket."""
     return [(b.local_start, b.unique_users, b.rolling_unique_users) for b in response.buckets]
-
-
-async def pending(pool: asyncpg.Pool) -> int:
-    count: int = await pool.fetchval("SELECT count(*) FROM pending_events")
-    return count
 
 
 async def test_each_day_counts_the_learners_of_its_window_reaching_back_before_the_range(
