@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 
 import asyncpg
 
@@ -38,6 +39,8 @@ __all__ = [
 
 Span = tuple[datetime, datetime]
 """A half-open stretch of time [lo, hi)."""
+
+_START = itemgetter(0)
 
 
 @dataclass
@@ -191,34 +194,38 @@ async def _learners(
         countries.excluded,
         per_country,
     )
-    stored_counts: dict[tuple[str, datetime], int] = {}
-    stored: dict[tuple[str, datetime], dict[str, learner_sets.LearnerSet]] = defaultdict(dict)
-    for row in rows:
-        key = (row["unit"], row["start"])
-        stored_counts[key] = row["learner_count"]
-        if row["learners"] is not None:
-            country = row["country"] if per_country else ""
-            found = learner_sets.load(row["learners"])
-            merged = stored[key].get(country)
-            stored[key][country] = found if merged is None else merged | found
-    starts: dict[str, list[datetime]] = defaultdict(list)
-    for unit, start in sorted(stored):
-        starts[unit].append(start)
+    counts: dict[tuple[str, datetime], int] = {}
+    # Per unit and country, its stored sets by start. A year of hours is thousands of
+    # rows, so each is unpacked by position and the sets are read afterwards in one pass.
+    columns: dict[str, dict[str, list[tuple[datetime, bytes]]]]
+    columns = defaultdict(lambda: defaultdict(list))
+    for unit, start, country, learner_count, data in rows:
+        if data is None:
+            counts[unit, start] = learner_count
+        else:
+            columns[unit][country].append((start, data))
+    stored: dict[str, dict[str, tuple[list[datetime], list[learner_sets.LearnerSet]]]]
+    stored = defaultdict(dict)
+    for unit, by_country in columns.items():
+        for country, column in by_country.items():
+            column.sort(key=_START)  # a single pass: the runs' scans return them in order
+            stored[unit][country] = (
+                [start for start, _ in column],
+                learner_sets.load_all([data for _, data in column]),
+            )
 
     answers: list[dict[str, learner_sets.LearnerSet] | int] = []
     for tiling, extra, count in zip(tilings, in_span, counted, strict=True):
         if count:
             run = tiling.runs[0]
-            answers.append(stored_counts.get((run.unit, run.first), 0))
+            answers.append(counts.get((run.unit, run.first), 0))
             continue
         parts: dict[str, list[learner_sets.LearnerSet]] = defaultdict(list)
         for run in tiling.runs:
-            held = starts[run.unit]
-            for start in held[
-                bisect.bisect_left(held, run.first) : bisect.bisect_left(held, run.end)
-            ]:
-                for country, members in stored[run.unit, start].items():
-                    parts[country].append(members)
+            for country, (starts, found) in stored[run.unit].items():
+                first = bisect.bisect_left(starts, run.first)
+                last = bisect.bisect_left(starts, run.end, first)
+                parts[country if per_country else ""].extend(found[first:last])
         numbers: dict[str, list[int]] = defaultdict(list)
         for i in extra:
             numbers[loose[i]["country"] if per_country else ""].append(loose_numbers[i])

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from pyroaring import BitMap
 
-__all__ = ["LearnerSet", "Numbering", "dump", "load", "union"]
+__all__ = ["LearnerSet", "Numbering", "dump", "load", "load_all", "union"]
 
 LearnerSet = BitMap
 """A set of learner numbers."""
@@ -26,6 +26,11 @@ _FIRST_UNSTORED = 1 << 31
 def load(data: bytes) -> LearnerSet:
     """A set as the rollups store it."""
     return BitMap.deserialize(data)
+
+
+def load_all(stored: Iterable[bytes]) -> list[LearnerSet]:
+    """Sets as the rollups store them, in one pass of C."""
+    return list(map(BitMap.deserialize, stored))
 
 
 def dump(learners: LearnerSet) -> bytes:
