@@ -105,8 +105,9 @@ def logged(records: Sequence[logging.LogRecord], logger: str) -> list[logging.Lo
 async def folder_held_off(pool: asyncpg.Pool) -> AsyncIterator[None]:
     """Hold the fold lock, so that what is recorded meanwhile stays in the pending log."""
     async with pool.acquire() as conn:
-        while not await conn.fetchval(query("fold_lock")):
-            await asyncio.sleep(0.01)  # the server's folder is in the middle of a fold
+        async with asyncio.timeout(30):  # a fold that never ends fails the test, not hangs it
+            while not await conn.fetchval(query("fold_lock")):
+                await asyncio.sleep(0.01)  # the server's folder is in the middle of a fold
         try:
             yield
         finally:
