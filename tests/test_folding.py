@@ -21,6 +21,7 @@ from daily_aggregator.server.app import RunningServer, start_server
 from daily_aggregator.server.config import Settings
 from daily_aggregator.server.database import create_pool, snapshot
 from daily_aggregator.server.folding import LEADERS_LENGTH, Folder
+from daily_aggregator.server.queries import query
 from daily_aggregator.server.requests import Countries
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
@@ -355,6 +356,40 @@ async def test_the_folder_refuses_a_pool_too_small_to_fold_with(database_url: st
             Folder(pool, idle_seconds=0.1)
     finally:
         await pool.close()
+
+
+async def test_a_sealed_half_is_sampled_for_its_size_and_learners_only(database_url: str) -> None:
+    # The fold's plans follow the half's size and its number of learners; a sample of the
+    # columns that are only added up would cost the fold time and tell the planner nothing.
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(BACKFILL, 40_000, 700, datetime(2024, 5, 1, tzinfo=UTC), 20, "sampled")
+        sealed = await conn.fetchval(query("fold_seal"))
+        await conn.execute(query("fold_analyze"), sealed)
+        half = f"pending_events_{sealed}"
+        assert (
+            await conn.fetchval("SELECT reltuples FROM pg_class WHERE oid = $1::regclass", half)
+            == 40_000
+        )
+        sampled = {
+            r["attname"]: r["n_distinct"]
+            for r in await conn.fetch(
+                "SELECT attname, n_distinct FROM pg_stats WHERE tablename = $1", half
+            )
+        }
+        assert sorted(sampled) == ["country", "occurred_at", "user_id"]
+        # 3,000 rows of 40,000 tell the number of learners closely, not exactly.
+        assert 630 <= sampled["user_id"] <= 770
+        assert sampled["country"] == 4
+        pool = await create_pool(database_url, min_size=1, max_size=2)
+        try:
+            async with pool.acquire() as folding:
+                assert await Folder(pool, idle_seconds=0.01).drain(folding) == 40_000
+        finally:
+            await pool.close()
+        assert_folded_exactly(await conn.fetchrow(TOTALS), 40_000)
+    finally:
+        await conn.close()
 
 
 async def test_two_servers_on_one_database_fold_every_event_once(database_url: str) -> None:
