@@ -16,6 +16,7 @@ from pathlib import Path
 import asyncpg
 from google.protobuf import timestamp_pb2
 
+from daily_aggregator.server.folding import Folder
 from daily_aggregator.server.queries import query
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
@@ -112,6 +113,15 @@ async def folder_held_off(pool: asyncpg.Pool) -> AsyncIterator[None]:
             yield
         finally:
             await conn.execute(query("fold_unlock"))
+
+
+async def fold_everything(pool: asyncpg.Pool) -> int:
+    """Fold every pending event with a folder of `pool`'s own; return how many it folded.
+
+    The pool must have two connections to spare: one to fold on, one for the fold to read with.
+    """
+    async with pool.acquire() as conn:
+        return await Folder(pool, idle_seconds=0.01).drain(conn)
 
 
 async def pending(pool: asyncpg.Pool) -> int:

@@ -21,12 +21,11 @@ import asyncpg
 import pytest
 
 from daily_aggregator.server import periods
-from daily_aggregator.server.folding import Folder
 from daily_aggregator.server.timezones import TimeZones
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from tests import test_queries_reference as reference
 from tests.conftest import serving
-from tests.support import event, folder_held_off, pending, record, timestamp
+from tests.support import event, fold_everything, folder_held_off, pending, record, timestamp
 from tests.test_queries import (
     USER_A,
     USER_B,
@@ -313,8 +312,7 @@ async def test_the_previous_period_counts_pending_and_folded_events(
     assert before[0].previous_totals.word_count == 3
     assert before[1].previous_unique_users == 2
     assert [(r.key, r.word_count) for r in before[2].previous_rows] == [("JP", 1)]
-    async with pool.acquire() as conn:
-        await Folder(pool, idle_seconds=0.05).drain(conn)
+    await fold_everything(pool)
     assert await pending(pool) == 0
     after = [
         await summary(stub, *span, compare_previous=True),

@@ -33,7 +33,7 @@ from daily_aggregator.server.validation import validate
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
 from tests import test_queries_reference as reference
-from tests.support import COMMAND, Run, cli, event, record, timestamp
+from tests.support import COMMAND, Run, cli, event, fold_everything, record, timestamp
 
 Stub = aggregator_pb2_grpc.AggregatorServiceStub
 
@@ -103,12 +103,6 @@ CROSS JOIN LATERAL (VALUES (l.metric)) AS t (metric)
 def settings() -> Settings:
     """The server's folder looks at the log once at start-up and then sleeps."""
     return Settings(listen="127.0.0.1:0", grace_seconds=5, fold_idle_seconds=3600)
-
-
-async def fold_everything(pool: asyncpg.Pool) -> None:
-    """Fold every pending event."""
-    async with pool.acquire() as conn:
-        await Folder(pool, idle_seconds=0.01).drain(conn)
 
 
 async def delete_user(stub: Stub, user_id: str) -> pb.DeleteUserResponse:

@@ -26,7 +26,7 @@ from daily_aggregator.server.requests import Countries
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
 from tests import test_queries_reference as reference
-from tests.support import event, folder_held_off, record, timestamp
+from tests.support import event, fold_everything, folder_held_off, record, timestamp
 from tests.test_serve_command import start_serve
 
 Stub = aggregator_pb2_grpc.AggregatorServiceStub
@@ -383,8 +383,7 @@ async def test_a_sealed_half_is_sampled_for_its_size_and_learners_only(database_
         assert sampled["country"] == 4
         pool = await create_pool(database_url, min_size=1, max_size=2)
         try:
-            async with pool.acquire() as folding:
-                assert await Folder(pool, idle_seconds=0.01).drain(folding) == 40_000
+            assert await fold_everything(pool) == 40_000
         finally:
             await pool.close()
         assert_folded_exactly(await conn.fetchrow(TOTALS), 40_000)

@@ -10,9 +10,8 @@ from typing import Any
 
 import asyncpg
 
-from daily_aggregator.server.folding import Folder
 from daily_aggregator.v1 import aggregator_pb2 as pb
-from tests.support import event, folder_held_off, pending
+from tests.support import event, fold_everything, folder_held_off, pending
 from tests.test_queries import USER_A, USER_B, USER_C, Stub, store, uniques, utc
 
 USER_D = "d0000000-0000-4000-8000-000000000000"
@@ -176,8 +175,7 @@ async def test_rolling_counts_see_pending_and_folded_events_alike(
     assert [b.rolling_unique_users for b in unfolded.previous_buckets] == [3, 2, 2]
     assert unfolded.previous_unique_users == 0
 
-    async with pool.acquire() as conn:
-        await Folder(pool, idle_seconds=0.05).drain(conn)
+    await fold_everything(pool)
     assert await pending(pool) == 0
     folded = await uniques(stub, start, end, **question)
     assert counts(folded) == expected
