@@ -260,13 +260,15 @@ async def main() -> None:
     )
     parser.add_argument("--database-url", help="measure on this server instead of an embedded one")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     print(
         f"generating {args.events:,} events ({args.arrival}) in batches of {args.batch:,} ...",
         flush=True,
     )
     batches = make_batches(make_events(args.events, args.users, args.arrival), args.batch)
-    ratios = []
+    ratios: list[float] = []
     async with postgres_server(args.database_url) as server_dsn:
         for number in range(1, args.rounds + 1):
             measured = await one_round(server_dsn, batches, args.streams)
