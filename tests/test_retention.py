@@ -26,12 +26,11 @@ import pytest
 
 from daily_aggregator.client import AsyncClient, Client, Granularity, RetentionResult
 from daily_aggregator.server.app import RunningServer
-from daily_aggregator.server.folding import Folder
 from daily_aggregator.v1 import aggregator_pb2 as pb
 from daily_aggregator.v1 import aggregator_pb2_grpc
 from tests import test_queries_reference as reference
 from tests.conftest import Cluster, serving
-from tests.support import cli, event, folder_held_off, pending, record, timestamp
+from tests.support import cli, event, fold_everything, folder_held_off, pending, record, timestamp
 from tests.test_queries import violated_field
 
 Stub = aggregator_pb2_grpc.AggregatorServiceStub
@@ -281,17 +280,8 @@ async def test_buckets_that_have_not_begun_count_zero(stub: Stub) -> None:
     assert uniques.unique_users == 3
 
 
-async def drain(pool: asyncpg.Pool, database_url: str) -> None:
-    """Fold everything pending now."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        await Folder(pool, idle_seconds=0.01).drain(conn)
-    finally:
-        await conn.close()
-
-
 async def test_answers_count_every_acknowledged_event_pending_or_folded(
-    stub: Stub, pool: asyncpg.Pool, database_url: str
+    stub: Stub, pool: asyncpg.Pool
 ) -> None:
     span = ("2025-06-01T00:00Z", "2025-06-03T00:00Z")
     async with folder_held_off(pool):
@@ -299,7 +289,7 @@ async def test_answers_count_every_acknowledged_event_pending_or_folded(
         await store(stub, (B, "2025-06-03T11:00Z"))
         assert await pending(pool) == 3
         while_pending = await retention(stub, *span, periods=1)
-    await drain(pool, database_url)
+    await fold_everything(pool)
     assert await pending(pool) == 0
     expected = [("2025-06-01T00:00:00+00:00", [0, 0]), ("2025-06-02T00:00:00+00:00", [2, 1])]
     assert triangle(while_pending) == expected
@@ -310,7 +300,7 @@ async def test_answers_count_every_acknowledged_event_pending_or_folded(
         await store(stub, (A, "2025-06-01T23:00Z"))
         assert await pending(pool) == 1
         backfilled = await retention(stub, *span, periods=1)
-    await drain(pool, database_url)
+    await fold_everything(pool)
     expected = [("2025-06-01T00:00:00+00:00", [1, 1]), ("2025-06-02T00:00:00+00:00", [1, 1])]
     assert triangle(backfilled) == expected
     assert triangle(await retention(stub, *span, periods=1)) == expected
@@ -600,7 +590,7 @@ QUESTIONS_PER_STATE = 25
 
 @pytest.mark.parametrize("seed", [0, 3, 6])
 async def test_answers_match_the_oracle_pending_and_folded(
-    stub: Stub, pool: asyncpg.Pool, database_url: str, seed: int
+    stub: Stub, pool: asyncpg.Pool, seed: int
 ) -> None:
     rng = random.Random(seed)
     sent = random_events(rng, seed)
@@ -614,14 +604,14 @@ async def test_answers_match_the_oracle_pending_and_folded(
         assert await pending(pool) == len(sent)
         for _ in range(QUESTIONS_PER_STATE):
             await check(stub, diffs, random_question(rng, seed), sent)
-    await drain(pool, database_url)
+    await fold_everything(pool)
     for _ in range(QUESTIONS_PER_STATE):
         await check(stub, diffs, random_question(rng, seed), sent)
     assert not diffs.found, diffs.report()
 
 
 async def test_cohorts_stay_exact_when_earlier_events_are_folded_after_later_ones(
-    stub: Stub, pool: asyncpg.Pool, database_url: str
+    stub: Stub, pool: asyncpg.Pool
 ) -> None:
     rng = random.Random(11)
     sent = sorted(random_events(rng, 11), key=lambda e: e.at_us, reverse=True)
@@ -639,7 +629,7 @@ async def test_cohorts_stay_exact_when_earlier_events_are_folded_after_later_one
             folded += part
             for _ in range(5):
                 await check(stub, diffs, random_question(rng, 11), folded)
-        await drain(pool, database_url)
+        await fold_everything(pool)
         for _ in range(5):
             await check(stub, diffs, random_question(rng, 11), folded)
     assert not diffs.found, diffs.report()
