@@ -271,9 +271,9 @@ async def main() -> None:
     ratios: list[float] = []
     async with postgres_server(args.database_url) as server_dsn:
         for number in range(1, args.rounds + 1):
-            measured = await one_round(server_dsn, batches, args.streams)
             if args.rounds > 1:
-                print(f"round {number} of {args.rounds}:")
+                print(f"round {number} of {args.rounds}:", flush=True)
+            measured = await one_round(server_dsn, batches, args.streams)
             report(args.events, measured)
             ratios.append(measured.raw / measured.folded)
             print(flush=True)
