@@ -70,15 +70,23 @@ class ValidEvents:
     def __len__(self) -> int:
         return len(self.user_ids)
 
-    def columns(self) -> tuple[list[str], list[str], list[int], list[int], list[int], list[str]]:
-        """The columns insert_events.sql takes, in its parameter order."""
+    def columns(self) -> tuple[list[str], list[str], list[int], list[int], list[int], str]:
+        """The columns insert_events.sql takes, in its parameter order.
+
+        The countries go as one text, joined by commas (a valid country has none).
+        asyncpg checks every element of an array parameter in Python for a nested
+        array, about a microsecond per text element on the 2-core development
+        machine; joining them costs a tenth of that, and PostgreSQL splits the text
+        as fast as it reads the array. The other columns stay arrays: sent as text,
+        PostgreSQL's parsing of them would cost about what the service saves.
+        """
         return (
             self.user_ids,
             self.idempotency_keys,
             self.occurred_us,
             self.word_counts,
             self.study_seconds,
-            self.countries,
+            ",".join(self.countries),
         )
 
     def subset(self, positions: Sequence[int]) -> ValidEvents:

@@ -9,9 +9,9 @@ SELECT b.position,
             OR e.occurred_at = timestamptz 'epoch' + b.occurred_us * interval '1 microsecond')
        AND e.word_count = b.word_count
        AND e.study_seconds = b.study_seconds
-       AND e.country = b.country AS same_payload
-FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::integer[], $5::integer[], $6::text[],
-            $7::boolean[])
+       AND e.country = coalesce(b.country, '') AS same_payload
+FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::integer[], $5::integer[],
+            string_to_array($6::text, ','), $7::boolean[])
     WITH ORDINALITY
     AS b (user_id, idempotency_key, occurred_us, word_count, study_seconds, country,
           occurred_at_given, position)

@@ -11,10 +11,14 @@
 -- each other.
 --
 -- $1 user_id[], $2 idempotency_key[], $3 occurred_at as microseconds since the
--- Unix epoch[], $4 word_count[], $5 study_seconds[], $6 country[].
+-- Unix epoch[], $4 word_count[], $5 study_seconds[], $6 the countries joined
+-- by commas (see ValidEvents.columns); coalesce gives back the '' of a batch
+-- whose one event has no country, which splits into no element at all.
 WITH batch AS (
-    SELECT *
-    FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::integer[], $5::integer[], $6::text[])
+    SELECT user_id, idempotency_key, occurred_us, word_count, study_seconds,
+           coalesce(country, '') AS country, position
+    FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::integer[], $5::integer[],
+                string_to_array($6::text, ','))
         WITH ORDINALITY
         AS b (user_id, idempotency_key, occurred_us, word_count, study_seconds, country, position)
 ),
