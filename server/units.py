@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 __all__ = ["COUNTRY_UNITS", "UNITS", "Run", "Runs", "Tiles", "Tiling", "floor", "following", "tile"]
 
@@ -55,9 +56,12 @@ def _ceil(unit: str, instant: datetime) -> datetime:
     return start if start == instant else following(unit, start)
 
 
-@dataclass(frozen=True)
-class Run:
-    """The whole `unit`s that start in [first, end)."""
+class Run(NamedTuple):
+    """The whole `unit`s that start in [first, end).
+
+    A tuple, not a dataclass: a year of hours tiles into 8,760 of them per question,
+    and a tuple is built in a fraction of a frozen dataclass's time.
+    """
 
     unit: str
     first: datetime
@@ -121,7 +125,8 @@ class Runs:
     def of(cls, runs: Iterable[Run]) -> Runs:
         """The columns of `runs`; overlapping runs are joined too."""
         columns = cls()
-        for run in sorted(runs, key=lambda r: (r.unit, r.first)):
+        # Runs sort as tuples: by unit, then first (then end, which joining ignores).
+        for run in sorted(runs):
             if columns.units and columns.units[-1] == run.unit and columns.tos[-1] >= run.first:
                 columns.tos[-1] = max(columns.tos[-1], run.end)
             else:
@@ -143,8 +148,9 @@ class Tiles:
     def of(cls, spans: Iterable[tuple[datetime, datetime]], units: Sequence[str] = UNITS) -> Tiles:
         """Tile every span with `units` (coarsest first)."""
         spans = list(spans)
-        if _one_run(spans, units):
-            return cls(Runs([units[0]], [spans[0][0]], [spans[-1][1]]), [], [])
+        unit = _one_run(spans, units)
+        if unit is not None:
+            return cls(Runs([unit], [spans[0][0]], [spans[-1][1]]), [], [])
         tilings = [tile(lo, hi, units) for lo, hi in spans]
         edges = [edge for tiling in tilings for edge in tiling.edges]
         return cls(
@@ -154,17 +160,30 @@ class Tiles:
         )
 
 
-def _one_run(spans: Sequence[tuple[datetime, datetime]], units: Sequence[str]) -> bool:
-    """Whether `spans` follow each other end to end on the grid of the coarsest of `units`,
-    which has a fixed length: then together they are one run of it (a learner's local days
-    are runs of hours in most zones), and tiling them one by one would only join them again.
+def _one_run(spans: Sequence[tuple[datetime, datetime]], units: Sequence[str]) -> str | None:
+    """The unit of which `spans` together are one run, when tiling them one by one would
+    only join them again: they follow each other end to end on the unit's grid, which has
+    a fixed length, and no coarser unit of `units` fits inside one of them.
+
+    Either the unit is the coarsest of `units` (a learner's local days are runs of hours
+    in most zones), or every span is exactly one of it (everyone's hours of most zones).
     """
-    length = _LENGTHS.get(units[0]) if units else None
-    if length is None or not spans:
-        return False
+    if not spans or not units:
+        return None
+    unit: str | None = units[0]
+    length = _LENGTHS.get(units[0])
+    whole = length is None
+    if length is None:
+        length = spans[0][1] - spans[0][0]
+        unit = _UNIT_OF_LENGTH.get(length)
+        if unit not in units:
+            return None
     previous_end = spans[0][0]
     for lo, hi in spans:
-        if lo != previous_end or hi <= lo or (hi - _EPOCH) % length:
-            return False
+        # Spans of one unit each need only the first start on the grid, checked below.
+        if lo != previous_end or (
+            hi - lo != length if whole else hi <= lo or (hi - _EPOCH) % length
+        ):
+            return None
         previous_end = hi
-    return not (spans[0][0] - _EPOCH) % length
+    return None if (spans[0][0] - _EPOCH) % length else unit

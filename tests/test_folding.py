@@ -215,6 +215,36 @@ async def two_servers(database_url: str) -> AsyncIterator[list[RunningServer]]:
             await p.close()
 
 
+async def test_whole_local_hours_off_the_utc_hour_grid_keep_folded_events_apart(
+    stub: Stub, pool: asyncpg.Pool, server: RunningServer
+) -> None:
+    # Asia/Kolkata's hours start at half past the UTC hours the rollups are kept in: each
+    # local hour is one hour long, yet holds the halves of two folded UTC hours.
+    learner, other = str(uuid.uuid4()), str(uuid.uuid4())
+    times = ["10:00:00", "10:29:59", "10:30:00", "11:10:00"]
+    sent = [event(user_id=learner, at=datetime.fromisoformat(f"2025-06-01T{t}Z")) for t in times]
+    sent.append(event(user_id=other, at=datetime(2025, 6, 1, 10, 45, tzinfo=UTC)))
+    assert (await record(stub, [sent])).inserted == len(sent)
+    async with pool.acquire() as conn:
+        await server.folder.drain(conn)
+    hours = {
+        "start_time": timestamp(datetime(2025, 6, 1, 9, 30, tzinfo=UTC)),
+        "end_time": timestamp(datetime(2025, 6, 1, 11, 30, tzinfo=UTC)),
+        "granularity": pb.GRANULARITY_HOUR,
+        "time_zone": "Asia/Kolkata",
+    }
+    everyone = await stub.Summary(pb.SummaryRequest(**hours))
+    assert [b.local_start for b in everyone.buckets] == [
+        "2025-06-01T15:00:00+05:30",
+        "2025-06-01T16:00:00+05:30",
+    ]
+    assert [b.events for b in everyone.buckets] == [2, 3]
+    alone = await stub.Summary(pb.SummaryRequest(**hours, user_id=learner))
+    assert [b.events for b in alone.buckets] == [2, 2]
+    uniques = await stub.Uniques(pb.UniquesRequest(**hours))
+    assert [b.unique_users for b in uniques.buckets] == [1, 2]
+
+
 METRICS = ("events", "word_count", "study_seconds")
 
 
