@@ -243,6 +243,12 @@ async def test_whole_local_hours_off_the_utc_hour_grid_keep_folded_events_apart(
     assert [b.events for b in alone.buckets] == [2, 2]
     uniques = await stub.Uniques(pb.UniquesRequest(**hours))
     assert [b.unique_users for b in uniques.buckets] == [1, 2]
+    # The same folded events in hours on the UTC grid, where each is one whole stored hour.
+    utc_hours = {**hours, "time_zone": "UTC"}
+    utc_hours["start_time"] = timestamp(datetime(2025, 6, 1, 10, tzinfo=UTC))
+    utc_hours["end_time"] = timestamp(datetime(2025, 6, 1, 12, tzinfo=UTC))
+    everyone = await stub.Summary(pb.SummaryRequest(**utc_hours))
+    assert [b.events for b in everyone.buckets] == [4, 1]
 
 
 METRICS = ("events", "word_count", "study_seconds")
