@@ -138,7 +138,11 @@ class Runs:
 
 @dataclass
 class Tiles:
-    """Spans tiled together: their runs as columns, and their edges."""
+    """Spans tiled together: their runs as columns, and their edges.
+
+    The edges of consecutive spans are ascending and apart (one may end where the next
+    starts), so a statement can find the one edge that may hold an instant by bisection.
+    """
 
     runs: Runs
     edge_starts: list[datetime]

@@ -6,8 +6,15 @@
 -- $4 edge starts, $5 edge ends, each inside a bucket; $6, $7 the range;
 -- $8 the buckets' starts, ascending; $9 countries, $10 excluded countries.
 --
--- Each run and edge is its own index range scan (LATERAL, kept apart by OFFSET 0),
--- never a join over a whole table.
+-- Each run is its own index range scan of learner_hours (LATERAL, kept apart by
+-- OFFSET 0), never a join over a whole table. The edges are read in one pass over
+-- the learner's events: the events table's key leads with user_id but not with
+-- time, so a scan per edge would read every event of the learner once per edge
+-- (730 edges for a year of days in Asia/Kolkata, where each local midnight falls
+-- at half past a UTC hour). The edges are ascending and apart, so width_bucket
+-- finds by bisection the one edge that can hold an event: the last one starting
+-- at or before it (0, so no edge, before the first). The event is in that edge
+-- when it is before the edge's end.
 WITH pieces AS (
     SELECT h.*
     FROM unnest($2::timestamptz[], $3::timestamptz[]) AS run (lo, hi)
@@ -19,23 +26,19 @@ WITH pieces AS (
         OFFSET 0
     ) AS h
     UNION ALL
-    SELECT e.*
-    FROM unnest($4::timestamptz[], $5::timestamptz[]) AS edge (lo, hi)
-    CROSS JOIN LATERAL (
-        SELECT e.occurred_at, 1, e.word_count, e.study_seconds
-        FROM events AS e
-        WHERE e.user_id = $1 AND e.occurred_at >= edge.lo AND e.occurred_at < edge.hi
-          AND country_matches(e.country, $9, $10)
-        OFFSET 0
-    ) AS e
+    SELECT e.occurred_at, 1, e.word_count, e.study_seconds
+    FROM events AS e
+    WHERE cardinality($4::timestamptz[]) > 0
+      AND e.user_id = $1 AND e.occurred_at >= $6 AND e.occurred_at < $7
+      AND e.occurred_at < ($5::timestamptz[])[width_bucket(e.occurred_at, $4::timestamptz[])]
+      AND country_matches(e.country, $9, $10)
     UNION ALL
     SELECT p.occurred_at, 1, p.word_count, p.study_seconds
     FROM pending_events AS p
     WHERE p.user_id = $1 AND p.occurred_at >= $6 AND p.occurred_at < $7
       AND country_matches(p.country, $9, $10)
-      AND NOT EXISTS (
-          SELECT FROM unnest($4::timestamptz[], $5::timestamptz[]) AS edge (lo, hi)
-          WHERE p.occurred_at >= edge.lo AND p.occurred_at < edge.hi
+      AND p.occurred_at >= coalesce(
+          ($5::timestamptz[])[width_bucket(p.occurred_at, $4::timestamptz[])], '-infinity'
       )
 )
 SELECT width_bucket(at, $8::timestamptz[]) AS bucket,
