@@ -357,6 +357,16 @@ def questions(heaviest: str) -> list[Question]:
         Question(
             "Summary, heaviest learner, daily, 1 y", "learner", *year, "<= 10 ms", user_id=heaviest
         ),
+        # Each local midnight of Kolkata falls at half past a UTC hour: every day has
+        # edges, read from the learner's own events.
+        Question(
+            "Summary, heaviest, daily, 1 y, Kolkata",
+            "learner",
+            *year,
+            "<= 100 ms",
+            user_id=heaviest,
+            zone="Asia/Kolkata",
+        ),
         Question(
             "LearnerStats, heaviest learner, NY", "stats", *year, "<= 100 ms", user_id=heaviest
         ),
